@@ -1,0 +1,3 @@
+fn main() {
+    println!("cargo:rustc-env=CLIPRT_PLACEHOLDER=1");
+}

@@ -1,0 +1,1 @@
+//! The CUDA backend (device detection, embedded kernel modules, launchers). Being written.

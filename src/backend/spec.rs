@@ -1,0 +1,253 @@
+//! Shape and hyper-parameter descriptors of the backend primitives. Every tensor is row-major and contiguous unless
+//! a descriptor gives a stride; the descriptors are plain data so that a test can build one and hand it to any backend.
+
+/// `C[b] = alpha · op(A[b]) · op(B[b]) + beta · C[b]`, for `b` in `0..batch`, all row-major.
+/// `op(A)` is `[m, k]`: A is stored `[m, k]`, or `[k, m]` when `trans_a`. `op(B)` is `[k, n]`: B is stored `[k, n]`, or
+/// `[n, k]` when `trans_b`. C is `[m, n]`. A `stride_*` of 0 broadcasts one matrix over the batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f64,
+    pub beta: f64,
+    pub batch: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+}
+
+impl Gemm {
+    /// One (non-batched) product `C = op(A)·op(B)`, overwriting C.
+    pub fn new(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Gemm {
+        Gemm {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            alpha: 1.0,
+            beta: 0.0,
+            batch: 1,
+            stride_a: m * k,
+            stride_b: k * n,
+            stride_c: m * n,
+        }
+    }
+    /// Adds the product into C instead of overwriting it (`beta = 1`): how parameter gradients accumulate.
+    pub fn accumulate(mut self) -> Gemm {
+        self.beta = 1.0;
+        self
+    }
+    pub fn alpha(mut self, alpha: f64) -> Gemm {
+        self.alpha = alpha;
+        self
+    }
+    /// `batch` independent products; the strides default to packed matrices and can be changed afterwards.
+    pub fn batched(mut self, batch: usize) -> Gemm {
+        self.batch = batch;
+        self
+    }
+    pub fn strides(mut self, a: usize, b: usize, c: usize) -> Gemm {
+        self.stride_a = a;
+        self.stride_b = b;
+        self.stride_c = c;
+        self
+    }
+    /// Elements each operand must hold (the last batch's last element + 1).
+    pub fn required_lens(&self) -> (usize, usize, usize) {
+        let last = self.batch.saturating_sub(1);
+        (
+            last * self.stride_a + self.m * self.k,
+            last * self.stride_b + self.k * self.n,
+            last * self.stride_c + self.m * self.n,
+        )
+    }
+    pub fn flops(&self) -> f64 {
+        2.0 * self.batch as f64 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+}
+
+/// 2-D convolution over NCHW input `[n, c_in, h, w]` with weight `[c_out, c_in, kernel_h, kernel_w]`, no bias, no
+/// dilation, groups = 1 (CLIP's convolutions). Output `[n, c_out, out_h, out_w]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Conv2d {
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kernel_h) / self.stride + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kernel_w) / self.stride + 1
+    }
+    pub fn input_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+    pub fn weight_len(&self) -> usize {
+        self.c_out * self.c_in * self.kernel_h * self.kernel_w
+    }
+    pub fn output_len(&self) -> usize {
+        self.n * self.c_out * self.out_h() * self.out_w()
+    }
+}
+
+/// Average pooling over NCHW `[n, c, h, w]`, square window, zero padding counted in the average (PyTorch's
+/// `count_include_pad=True`, the default that CLIP uses), floor output size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2d {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Pool2d {
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+    pub fn input_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn output_len(&self) -> usize {
+        self.n * self.c * self.out_h() * self.out_w()
+    }
+}
+
+/// Element-wise nonlinearities of the towers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// `max(x, 0)`.
+    Relu,
+    /// Exact GELU, `x·Φ(x) = ½x(1 + erf(x/√2))` (PyTorch's `nn.GELU()`, open_clip's newer configs).
+    Gelu,
+    /// `x·σ(1.702x)` (OpenAI CLIP).
+    QuickGelu,
+}
+
+/// Scaled dot-product attention over heads, reference form: `O = softmax(scale·QKᵀ + mask)·V` per (batch, head).
+///
+/// Q, K, V (and their gradients) live in ONE buffer so that the fused QKV projection output `[B, S, 3, H, Dh]` is read
+/// in place: element (b, s, h, d) of Q is at `q_offset + (b·seq_q + s)·q_row_stride + h·head_dim + d`; K and V
+/// likewise with `seq_k` and `kv_row_stride`. The output is `[B, seq_q, heads·head_dim]`, contiguous.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Attention {
+    pub batch: usize,
+    pub heads: usize,
+    pub seq_q: usize,
+    pub seq_k: usize,
+    pub head_dim: usize,
+    pub q_offset: usize,
+    pub k_offset: usize,
+    pub v_offset: usize,
+    pub q_row_stride: usize,
+    pub kv_row_stride: usize,
+    pub scale: f64,
+    /// Query i sees keys j ≤ i + (seq_k − seq_q) (the text tower's causal mask when seq_q = seq_k).
+    pub causal: bool,
+}
+
+impl Attention {
+    /// Self-attention over the packed `[B, S, 3·width]` output of a fused QKV projection.
+    pub fn packed_self(batch: usize, seq: usize, heads: usize, head_dim: usize, causal: bool) -> Attention {
+        let width = heads * head_dim;
+        Attention {
+            batch,
+            heads,
+            seq_q: seq,
+            seq_k: seq,
+            head_dim,
+            q_offset: 0,
+            k_offset: width,
+            v_offset: 2 * width,
+            q_row_stride: 3 * width,
+            kv_row_stride: 3 * width,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            causal,
+        }
+    }
+    /// Q `[B, seq_q, width]`, then K `[B, seq_k, width]`, then V `[B, seq_k, width]`, one after the other in one
+    /// buffer (separate q/k/v projections, as in the ResNet attention pool).
+    pub fn separate(batch: usize, seq_q: usize, seq_k: usize, heads: usize, head_dim: usize) -> Attention {
+        let width = heads * head_dim;
+        Attention {
+            batch,
+            heads,
+            seq_q,
+            seq_k,
+            head_dim,
+            q_offset: 0,
+            k_offset: batch * seq_q * width,
+            v_offset: batch * seq_q * width + batch * seq_k * width,
+            q_row_stride: width,
+            kv_row_stride: width,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            causal: false,
+        }
+    }
+    pub fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    /// Elements the QKV buffer must hold.
+    pub fn qkv_len(&self) -> usize {
+        let q_end = self.q_offset + (self.batch * self.seq_q - 1) * self.q_row_stride + self.width();
+        let k_end = self.k_offset + (self.batch * self.seq_k - 1) * self.kv_row_stride + self.width();
+        let v_end = self.v_offset + (self.batch * self.seq_k - 1) * self.kv_row_stride + self.width();
+        q_end.max(k_end).max(v_end)
+    }
+    pub fn out_len(&self) -> usize {
+        self.batch * self.seq_q * self.width()
+    }
+    /// Whether query `i` may attend to key `j` under the causal rule.
+    pub fn visible(&self, i: usize, j: usize) -> bool {
+        !self.causal || j + self.seq_q <= i + self.seq_k
+    }
+}
+
+/// The CLIP contrastive loss of SPEC §1.1 over `n` image/text pairs of width `dim` (single device: the logits are
+/// one `n×n` matrix and its transpose).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClipLoss {
+    pub n: usize,
+    pub dim: usize,
+    /// ε of the smoothed targets `(1−ε)·onehot + ε/n` (0 for plain CLIP).
+    pub label_smoothing: f64,
+}
+
+/// AdamW with decoupled weight decay (PyTorch's `torch.optim.AdamW`): `p ← p − lr·wd·p`, then the Adam step with
+/// bias correction at step `step` (1-based).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub step: u64,
+}
+
+/// A contiguous run of the parameter buffer and whether weight decay applies to it (open_clip decays only tensors of
+/// 2+ dimensions that are not norms, biases or the logit scale).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecaySegment {
+    pub start: usize,
+    pub len: usize,
+    pub decay: bool,
+}

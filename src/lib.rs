@@ -1,0 +1,8 @@
+//! cliprt: a framework-free runtime that trains CLIP-family models, with explicit backward passes, a CPU reference
+//! backend and hand-written CUDA kernels. Start at [`backend::Backend`], the contract every layer is written against.
+
+pub mod backend;
+pub mod error;
+pub mod testing;
+
+pub use error::{Error, Result};
