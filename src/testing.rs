@@ -22,14 +22,14 @@ pub fn normal<F: Float>(rng: &mut ChaCha8Rng, len: usize, std: f64) -> Vec<F> {
     (0..len)
         .map(|_| {
             let z: f64 = StandardNormal.sample(rng);
-            F::from_f64(z * std)
+            F::of_f64(z * std)
         })
         .collect()
 }
 
 /// `len` draws from U(lo, hi).
 pub fn uniform<F: Float>(rng: &mut ChaCha8Rng, len: usize, lo: f64, hi: f64) -> Vec<F> {
-    (0..len).map(|_| F::from_f64(rng.random_range(lo..hi))).collect()
+    (0..len).map(|_| F::of_f64(rng.random_range(lo..hi))).collect()
 }
 
 /// Draws from N(0, 1) kept at least `margin` away from every point in `kinks` (ReLU at 0, …), so that central
@@ -58,7 +58,7 @@ pub fn poisoned<F: Float>(len: usize) -> Vec<F> {
 /// `Σ w·y`: projects an output onto fixed random weights, giving a scalar loss whose gradient w.r.t. y is w.
 pub fn dot<F: Float>(w: &[F], y: &[F]) -> f64 {
     assert_eq!(w.len(), y.len(), "dot: lengths differ");
-    w.iter().zip(y).map(|(a, b)| a.to_f64() * b.to_f64()).sum()
+    w.iter().zip(y).map(|(a, b)| a.as_f64() * b.as_f64()).sum()
 }
 
 /// Asserts `got ≈ want`: relative error ‖got − want‖/‖want‖ ≤ rtol (or the error norm ≤ atol when want is tiny), no
@@ -71,7 +71,7 @@ pub fn assert_close<F: Float>(label: &str, seed: u64, got: &[F], want: &[F], rto
     let mut max_ref = 0.0f64;
     let mut worst = 0;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let (g, w) = (g.to_f64(), w.to_f64());
+        let (g, w) = (g.as_f64(), w.as_f64());
         assert!(!g.is_nan() && !w.is_nan(), "{label} (seed {seed}): NaN at {i} (got {g}, want {w})");
         let e = (g - w).abs();
         err2 += e * e;
@@ -86,8 +86,8 @@ pub fn assert_close<F: Float>(label: &str, seed: u64, got: &[F], want: &[F], rto
     assert!(
         err <= rtol * refn + atol && max_abs <= rtol * max_ref + atol,
         "{label} (seed {seed}): ‖err‖ = {err:.3e}, ‖ref‖ = {refn:.3e}, max|err| = {max_abs:.3e} at {worst} (got {}, want {}); rtol {rtol:e}, atol {atol:e}",
-        got[worst].to_f64(),
-        want[worst].to_f64()
+        got[worst].as_f64(),
+        want[worst].as_f64()
     );
 }
 

@@ -57,24 +57,23 @@ impl Elem for u8 {
 pub trait Float:
     Elem
     + num_traits::Float
-    + num_traits::FromPrimitive
     + std::iter::Sum
     + std::ops::AddAssign
     + std::ops::SubAssign
     + std::ops::MulAssign
     + std::ops::DivAssign
 {
-    fn from_f64(x: f64) -> Self;
-    fn to_f64(self) -> f64;
+    fn of_f64(x: f64) -> Self;
+    fn as_f64(self) -> f64;
     /// The Gauss error function (for exact GELU).
     fn erf(self) -> Self;
 }
 
 impl Float for f32 {
-    fn from_f64(x: f64) -> Self {
+    fn of_f64(x: f64) -> Self {
         x as f32
     }
-    fn to_f64(self) -> f64 {
+    fn as_f64(self) -> f64 {
         self as f64
     }
     fn erf(self) -> Self {
@@ -83,10 +82,10 @@ impl Float for f32 {
 }
 
 impl Float for f64 {
-    fn from_f64(x: f64) -> Self {
+    fn of_f64(x: f64) -> Self {
         x
     }
-    fn to_f64(self) -> f64 {
+    fn as_f64(self) -> f64 {
         self
     }
     fn erf(self) -> Self {
