@@ -3,6 +3,8 @@
 
 pub mod backend;
 pub mod error;
+pub mod nn;
+pub mod params;
 pub mod testing;
 
 pub use error::{Error, Result};

@@ -32,25 +32,65 @@ pub trait Elem:
     Copy + Default + Debug + PartialEq + Send + Sync + bytemuck::Pod + cudarc::driver::DeviceRepr + 'static
 {
     const DTYPE: DType;
+    /// Conversion from a host f64 (rounding to nearest; integers truncate): initial values, uploads of constants.
+    fn from_real(x: f64) -> Self;
+    /// Widening conversion to f64 (downloads, checks).
+    fn to_real(self) -> f64;
 }
 
 impl Elem for f64 {
     const DTYPE: DType = DType::F64;
+    fn from_real(x: f64) -> Self {
+        x
+    }
+    fn to_real(self) -> f64 {
+        self
+    }
 }
 impl Elem for f32 {
     const DTYPE: DType = DType::F32;
+    fn from_real(x: f64) -> Self {
+        x as f32
+    }
+    fn to_real(self) -> f64 {
+        self as f64
+    }
 }
 impl Elem for bf16 {
     const DTYPE: DType = DType::BF16;
+    fn from_real(x: f64) -> Self {
+        bf16::from_f64(x)
+    }
+    fn to_real(self) -> f64 {
+        self.to_f64()
+    }
 }
 impl Elem for f16 {
     const DTYPE: DType = DType::F16;
+    fn from_real(x: f64) -> Self {
+        f16::from_f64(x)
+    }
+    fn to_real(self) -> f64 {
+        self.to_f64()
+    }
 }
 impl Elem for i32 {
     const DTYPE: DType = DType::I32;
+    fn from_real(x: f64) -> Self {
+        x as i32
+    }
+    fn to_real(self) -> f64 {
+        self as f64
+    }
 }
 impl Elem for u8 {
     const DTYPE: DType = DType::U8;
+    fn from_real(x: f64) -> Self {
+        x as u8
+    }
+    fn to_real(self) -> f64 {
+        self as f64
+    }
 }
 
 /// A real number type the CPU reference computes in: f32 for training, f64 for gradient checks.
