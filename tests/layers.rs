@@ -475,3 +475,50 @@ fn layer_buffers_are_reused_across_steps() {
     fc.forward(&b, &p, &[2.0; 6], 2).unwrap();
     assert_eq!(fc.out().unwrap().as_ptr(), first, "same batch size: the output buffer must be reused, not reallocated");
 }
+
+/// One forward and backward through Conv2d → BatchNorm → MLP → causal attention at sizes large
+/// enough for the parallel paths (threaded GEMM, rayon over rows), returning every output and gradient bit pattern.
+fn step_bits(threads: usize) -> Vec<u32> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| {
+        let b = CpuBackend::<f32>::new();
+        let mut pb = ParamBuilder::new();
+        let mut conv = Conv2dLayer::new(&mut pb, "conv", 3, 16, 3, 1, 1, None).unwrap();
+        let mut bn = BatchNorm2d::new(&mut pb, "bn", 16, true).unwrap();
+        let mut mlp = Mlp::new(&mut pb, "mlp", 64, 256, Activation::Gelu).unwrap();
+        let mut attn = MultiHeadAttention::new(&mut pb, "attn", 64, 4, true, None).unwrap();
+        let mut p = pb.build(&b, &mut testing::rng(9)).unwrap();
+        let (n, hw) = (16, 8);
+        let x: Vec<f32> = testing::normal(&mut testing::rng(10), n * 3 * hw * hw, 1.0);
+        conv.forward(&b, &p, &x, n, hw, hw).unwrap();
+        let conv_out = conv.out().unwrap().to_vec();
+        bn.forward(&b, &mut p, &conv_out, n, hw * hw).unwrap();
+        // Read the [16, 16·64] activations as 64 sequences of 4 tokens of width 64.
+        let tokens = bn.out().unwrap().to_vec();
+        mlp.forward(&b, &p, &tokens, 256).unwrap();
+        let mlp_out = mlp.out().unwrap().to_vec();
+        attn.forward(&b, &p, &mlp_out, 64, 4, None).unwrap();
+        let out = attn.out().unwrap().to_vec();
+        let dy: Vec<f32> = testing::normal(&mut testing::rng(11), out.len(), 1.0);
+        let mut d_mlp_out = vec![0f32; mlp_out.len()];
+        attn.backward(&b, &mut p, &mlp_out, &dy, None, &mut d_mlp_out).unwrap();
+        let mut d_tokens = vec![0f32; tokens.len()];
+        mlp.backward(&b, &mut p, &tokens, &d_mlp_out, &mut d_tokens).unwrap();
+        let mut d_conv_out = vec![0f32; conv_out.len()];
+        bn.backward(&b, &mut p, &conv_out, &d_tokens, &mut d_conv_out).unwrap();
+        let mut dx = vec![0f32; x.len()];
+        conv.backward(&b, &mut p, &x, &d_conv_out, Some(&mut dx)).unwrap();
+        let grads = b.download(Cpu32::view(&p.grads)).unwrap();
+        out.iter().chain(&dx).chain(&grads).map(|v| v.to_bits()).collect()
+    })
+}
+
+type Cpu32 = CpuBackend<f32>;
+
+#[test]
+fn cpu_results_are_bit_identical_across_thread_counts() {
+    let one = step_bits(1);
+    assert!(one.iter().all(|&bits| f32::from_bits(bits).is_finite()), "non-finite value in the step");
+    assert_eq!(one, step_bits(2), "1 vs 2 threads");
+    assert_eq!(one, step_bits(4), "1 vs 4 threads");
+}
