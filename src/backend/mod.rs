@@ -314,7 +314,7 @@ pub trait Backend: Sized + Send + Sync + 'static {
         dgamma: Option<Mut<'_, Self, Self::Master>>,
         dbeta: Option<Mut<'_, Self, Self::Master>>,
     ) -> Result<()>;
-    /// `y = x / max(‖x‖, 1e-12)` per row of `x [rows, cols]` (`F.normalize`); saves the norms.
+    /// `y = x / max(‖x‖, 1e-12)` per row of `x [rows, cols]` (`F.normalize`); saves the unclamped norms ‖x‖.
     fn l2norm_forward(
         &self,
         x: Ref<'_, Self, Self::Act>,

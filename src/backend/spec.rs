@@ -3,7 +3,8 @@
 
 /// `C[b] = alpha · op(A[b]) · op(B[b]) + beta · C[b]`, for `b` in `0..batch`, all row-major.
 /// `op(A)` is `[m, k]`: A is stored `[m, k]`, or `[k, m]` when `trans_a`. `op(B)` is `[k, n]`: B is stored `[k, n]`, or
-/// `[n, k]` when `trans_b`. C is `[m, n]`. A `stride_*` of 0 broadcasts one matrix over the batch.
+/// `[n, k]` when `trans_b`. C is `[m, n]`. A `stride_a`/`stride_b` of 0 broadcasts one matrix over the batch; the
+/// batch's C matrices must not overlap (`stride_c ≥ m·n`). Each operand holds exactly [`Gemm::required_lens`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gemm {
     pub m: usize,

@@ -1,8 +1,26 @@
 //! LayerNorm, BatchNorm (train and eval) and row L2 normalisation.
+//!
+//! Statistics are computed in `F` with two passes (mean, then the mean of squared deviations), each a sequential sum
+//! over one row or channel; rows, channels or planes run in parallel, so results do not depend on the thread count.
+
+use rayon::prelude::*;
 
 use crate::backend::{BatchNorm, Float};
-use crate::error::Result;
+use crate::error::{check_len, Error, Result};
 
+/// Rows per task of the column reductions (LayerNorm's dgamma/dbeta).
+const COLUMN_CHUNK: usize = 64;
+
+/// Mean and biased variance of `values`, two-pass.
+fn mean_var<F: Float>(values: impl Iterator<Item = F> + Clone, count: usize) -> (F, F) {
+    let n = F::of_f64(count as f64);
+    let mean = values.clone().fold(F::zero(), |s, v| s + v) / n;
+    let var = values.fold(F::zero(), |s, v| s + (v - mean) * (v - mean)) / n;
+    (mean, var)
+}
+
+/// LayerNorm over the last axis of `x [rows, cols]`: `y = (x − mean)·rstd·gamma + beta` with
+/// `rstd = 1/√(var + eps)`, biased variance; saves `mean [rows]` and `rstd [rows]`.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward<F: Float>(
     x: &[F],
@@ -15,8 +33,35 @@ pub fn layernorm_forward<F: Float>(
     cols: usize,
     eps: f64,
 ) -> Result<()> {
-    todo!()
+    const OP: &str = "layernorm_forward";
+    check_len(OP, "x", x.len(), rows * cols)?;
+    check_len(OP, "gamma", gamma.len(), cols)?;
+    check_len(OP, "beta", beta.len(), cols)?;
+    check_len(OP, "y", y.len(), rows * cols)?;
+    check_len(OP, "mean", mean.len(), rows)?;
+    check_len(OP, "rstd", rstd.len(), rows)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    if cols == 0 {
+        return Err(Error::Invalid { op: OP, msg: "rows of 0 columns have no mean".into() });
+    }
+    let eps = F::of_f64(eps);
+    (x.par_chunks(cols), y.par_chunks_mut(cols), mean.par_iter_mut(), rstd.par_iter_mut()).into_par_iter().for_each(
+        |(x, y, mean, rstd)| {
+            let (mu, var) = mean_var(x.iter().copied(), cols);
+            let r = F::one() / (var + eps).sqrt();
+            for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+                *y = (x - mu) * r * g + b;
+            }
+            (*mean, *rstd) = (mu, r);
+        },
+    );
+    Ok(())
 }
+
+/// With `x̂ = (x − mean)·rstd` and `g = dy·gamma`: `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` per row (overwritten),
+/// `dgamma += Σ_rows dy·x̂`, `dbeta += Σ_rows dy` (each column summed over the rows in order).
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward<F: Float>(
     dy: &[F],
@@ -30,8 +75,115 @@ pub fn layernorm_backward<F: Float>(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    todo!()
+    const OP: &str = "layernorm_backward";
+    check_len(OP, "dy", dy.len(), rows * cols)?;
+    check_len(OP, "x", x.len(), rows * cols)?;
+    check_len(OP, "gamma", gamma.len(), cols)?;
+    check_len(OP, "mean", mean.len(), rows)?;
+    check_len(OP, "rstd", rstd.len(), rows)?;
+    check_len(OP, "dx", dx.len(), rows * cols)?;
+    check_len(OP, "dgamma", dgamma.len(), cols)?;
+    check_len(OP, "dbeta", dbeta.len(), cols)?;
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let n = F::of_f64(cols as f64);
+    (dx.par_chunks_mut(cols), dy.par_chunks(cols), x.par_chunks(cols), mean, rstd).into_par_iter().for_each(
+        |(dx, dy, x, &mu, &r)| {
+            let xhat = |j: usize| (x[j] - mu) * r;
+            let mut mean_g = F::zero();
+            let mut mean_gx = F::zero();
+            for j in 0..cols {
+                let g = dy[j] * gamma[j];
+                mean_g += g;
+                mean_gx += g * xhat(j);
+            }
+            (mean_g, mean_gx) = (mean_g / n, mean_gx / n);
+            for (j, dx) in dx.iter_mut().enumerate() {
+                *dx = r * (dy[j] * gamma[j] - mean_g - xhat(j) * mean_gx);
+            }
+        },
+    );
+    // Parameter gradients: threads split the columns, each column is summed over the rows in order.
+    (dgamma.par_chunks_mut(COLUMN_CHUNK), dbeta.par_chunks_mut(COLUMN_CHUNK)).into_par_iter().enumerate().for_each(
+        |(chunk, (dgamma, dbeta))| {
+            let c0 = chunk * COLUMN_CHUNK;
+            let mut sum_gamma = vec![F::zero(); dgamma.len()];
+            let mut sum_beta = vec![F::zero(); dbeta.len()];
+            for r in 0..rows {
+                for (j, (sg, sb)) in sum_gamma.iter_mut().zip(&mut sum_beta).enumerate() {
+                    let i = r * cols + c0 + j;
+                    *sg += dy[i] * (x[i] - mean[r]) * rstd[r];
+                    *sb += dy[i];
+                }
+            }
+            dgamma.iter_mut().zip(sum_gamma).for_each(|(d, s)| *d += s);
+            dbeta.iter_mut().zip(sum_beta).for_each(|(d, s)| *d += s);
+        },
+    );
+    Ok(())
 }
+
+/// Checks the lengths shared by the BatchNorm functions; `None` parameters (affine=False) are not checked.
+fn check_batchnorm<F: Float>(
+    op: &'static str,
+    spec: &BatchNorm,
+    x: &[F],
+    gamma: Option<&[F]>,
+    beta: Option<&[F]>,
+) -> Result<()> {
+    check_len(op, "x", x.len(), spec.len())?;
+    if let Some(gamma) = gamma {
+        check_len(op, "gamma", gamma.len(), spec.channels)?;
+    }
+    if let Some(beta) = beta {
+        check_len(op, "beta", beta.len(), spec.channels)?;
+    }
+    if spec.channels > 0 && spec.n * spec.spatial == 0 {
+        return Err(Error::Invalid {
+            op,
+            msg: format!("no values per channel (n = {}, spatial = {})", spec.n, spec.spatial),
+        });
+    }
+    Ok(())
+}
+
+/// The values of channel `c` of `x [n, channels, spatial]`, image after image.
+fn channel<'a, F: Float>(spec: &'a BatchNorm, x: &'a [F], c: usize) -> impl Iterator<Item = F> + Clone + 'a {
+    let plane = spec.channels * spec.spatial;
+    (0..spec.n).flat_map(move |i| x[i * plane + c * spec.spatial..][..spec.spatial].iter().copied())
+}
+
+/// `y = (x − mean[c])·rstd[c]·gamma[c] + beta[c]` over the `[spatial]` planes of `x [n, channels, spatial]`, in
+/// parallel; `gamma` 1 and `beta` 0 when absent.
+fn normalise<F: Float>(
+    spec: &BatchNorm,
+    x: &[F],
+    gamma: Option<&[F]>,
+    beta: Option<&[F]>,
+    mean: &[F],
+    rstd: &[F],
+    y: &mut [F],
+) {
+    if y.is_empty() {
+        return;
+    }
+    (y.par_chunks_mut(spec.spatial), x.par_chunks(spec.spatial)).into_par_iter().enumerate().for_each(
+        |(plane, (y, x))| {
+            let c = plane % spec.channels;
+            let scale = rstd[c] * gamma.map_or(F::one(), |g| g[c]);
+            let shift = beta.map_or(F::zero(), |b| b[c]);
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = (x - mean[c]) * scale + shift;
+            }
+        },
+    );
+}
+
+/// BatchNorm in training mode: normalises each channel with its batch mean and biased variance over
+/// `n·spatial` values, saves `mean` and `rstd = 1/√(var + eps)`, and updates the running statistics as PyTorch does:
+/// `running = (1 − momentum)·running + momentum·stat`, the variance unbiased (`var·count/(count − 1)`). With one value
+/// per channel the unbiased variance is undefined (PyTorch refuses to train then); the biased one (0) is used instead.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_train<F: Float>(
     spec: &BatchNorm,
@@ -44,8 +196,29 @@ pub fn batchnorm_forward_train<F: Float>(
     running_mean: &mut [F],
     running_var: &mut [F],
 ) -> Result<()> {
-    todo!()
+    const OP: &str = "batchnorm_forward_train";
+    check_batchnorm(OP, spec, x, gamma, beta)?;
+    check_len(OP, "y", y.len(), spec.len())?;
+    check_len(OP, "save_mean", save_mean.len(), spec.channels)?;
+    check_len(OP, "save_rstd", save_rstd.len(), spec.channels)?;
+    check_len(OP, "running_mean", running_mean.len(), spec.channels)?;
+    check_len(OP, "running_var", running_var.len(), spec.channels)?;
+    let count = spec.n * spec.spatial;
+    let unbias = if count > 1 { count as f64 / (count - 1) as f64 } else { 1.0 };
+    let (eps, momentum, unbias) = (F::of_f64(spec.eps), F::of_f64(spec.momentum), F::of_f64(unbias));
+    (&mut *save_mean, &mut *save_rstd, running_mean, running_var).into_par_iter().enumerate().for_each(
+        |(c, (mean, rstd, running_mean, running_var))| {
+            let (mu, var) = mean_var(channel(spec, x, c), count);
+            (*mean, *rstd) = (mu, F::one() / (var + eps).sqrt());
+            *running_mean = (F::one() - momentum) * *running_mean + momentum * mu;
+            *running_var = (F::one() - momentum) * *running_var + momentum * var * unbias;
+        },
+    );
+    normalise(spec, x, gamma, beta, save_mean, save_rstd, y);
+    Ok(())
 }
+
+/// BatchNorm in evaluation mode: `y = (x − running_mean)/√(running_var + eps)·gamma + beta`.
 pub fn batchnorm_forward_eval<F: Float>(
     spec: &BatchNorm,
     x: &[F],
@@ -55,8 +228,19 @@ pub fn batchnorm_forward_eval<F: Float>(
     running_var: &[F],
     y: &mut [F],
 ) -> Result<()> {
-    todo!()
+    const OP: &str = "batchnorm_forward_eval";
+    check_batchnorm(OP, spec, x, gamma, beta)?;
+    check_len(OP, "running_mean", running_mean.len(), spec.channels)?;
+    check_len(OP, "running_var", running_var.len(), spec.channels)?;
+    check_len(OP, "y", y.len(), spec.len())?;
+    let eps = F::of_f64(spec.eps);
+    let rstd: Vec<F> = running_var.iter().map(|&v| F::one() / (v + eps).sqrt()).collect();
+    normalise(spec, x, gamma, beta, running_mean, &rstd, y);
+    Ok(())
 }
+
+/// Backward of the training-mode forward. Per channel, with `x̂ = (x − mean)·rstd`, `g = dy·gamma` and means over the
+/// `n·spatial` values: `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` (overwritten), `dgamma += Σ dy·x̂`, `dbeta += Σ dy`.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward<F: Float>(
     spec: &BatchNorm,
@@ -69,11 +253,93 @@ pub fn batchnorm_backward<F: Float>(
     dgamma: Option<&mut [F]>,
     dbeta: Option<&mut [F]>,
 ) -> Result<()> {
-    todo!()
+    const OP: &str = "batchnorm_backward";
+    check_batchnorm(OP, spec, x, gamma, None)?;
+    check_len(OP, "dy", dy.len(), spec.len())?;
+    check_len(OP, "save_mean", save_mean.len(), spec.channels)?;
+    check_len(OP, "save_rstd", save_rstd.len(), spec.channels)?;
+    check_len(OP, "dx", dx.len(), spec.len())?;
+    if let Some(dgamma) = &dgamma {
+        check_len(OP, "dgamma", dgamma.len(), spec.channels)?;
+    }
+    if let Some(dbeta) = &dbeta {
+        check_len(OP, "dbeta", dbeta.len(), spec.channels)?;
+    }
+    // Per channel: Σ dy and Σ dy·x̂, each summed image after image.
+    let sums: Vec<(F, F)> = (0..spec.channels)
+        .into_par_iter()
+        .map(|c| {
+            let (mu, r) = (save_mean[c], save_rstd[c]);
+            channel(spec, dy, c)
+                .zip(channel(spec, x, c))
+                .fold((F::zero(), F::zero()), |(s, sx), (dy, x)| (s + dy, sx + dy * (x - mu) * r))
+        })
+        .collect();
+    let count = F::of_f64((spec.n * spec.spatial) as f64);
+    if !dx.is_empty() {
+        (dx.par_chunks_mut(spec.spatial), dy.par_chunks(spec.spatial), x.par_chunks(spec.spatial))
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(plane, (dx, dy, x))| {
+                let c = plane % spec.channels;
+                let (mu, r, g) = (save_mean[c], save_rstd[c], gamma.map_or(F::one(), |g| g[c]));
+                let (mean_g, mean_gx) = (g * sums[c].0 / count, g * sums[c].1 / count);
+                for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
+                    *dx = r * (g * dy - mean_g - (x - mu) * r * mean_gx);
+                }
+            });
+    }
+    if let Some(dgamma) = dgamma {
+        dgamma.iter_mut().zip(&sums).for_each(|(d, s)| *d += s.1);
+    }
+    if let Some(dbeta) = dbeta {
+        dbeta.iter_mut().zip(&sums).for_each(|(d, s)| *d += s.0);
+    }
+    Ok(())
 }
+
+/// Below this norm a row is divided by it instead (`F.normalize`'s eps).
+const L2_EPS: f64 = 1e-12;
+
+/// `y = x / max(‖x‖, 1e-12)` per row of `x [rows, cols]`; saves the unclamped norms `[rows]`.
 pub fn l2norm_forward<F: Float>(x: &[F], y: &mut [F], norms: &mut [F], rows: usize, cols: usize) -> Result<()> {
-    todo!()
+    check_len("l2norm_forward", "x", x.len(), rows * cols)?;
+    check_len("l2norm_forward", "y", y.len(), rows * cols)?;
+    check_len("l2norm_forward", "norms", norms.len(), rows)?;
+    if cols == 0 {
+        norms.fill(F::zero());
+        return Ok(());
+    }
+    (x.par_chunks(cols), y.par_chunks_mut(cols), norms).into_par_iter().for_each(|(x, y, norm)| {
+        *norm = x.iter().fold(F::zero(), |s, &v| s + v * v).sqrt();
+        let d = norm.max(F::of_f64(L2_EPS));
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = x / d);
+    });
+    Ok(())
 }
+
+/// `dx = (dy − y·⟨dy, y⟩) / ‖x‖` per row (overwritten); where the norm was clamped (`‖x‖ < 1e-12`, so that
+/// `y = x/1e-12`) the map is linear and `dx = dy / 1e-12`.
 pub fn l2norm_backward<F: Float>(dy: &[F], y: &[F], norms: &[F], dx: &mut [F], rows: usize, cols: usize) -> Result<()> {
-    todo!()
+    check_len("l2norm_backward", "dy", dy.len(), rows * cols)?;
+    check_len("l2norm_backward", "y", y.len(), rows * cols)?;
+    check_len("l2norm_backward", "norms", norms.len(), rows)?;
+    check_len("l2norm_backward", "dx", dx.len(), rows * cols)?;
+    if cols == 0 {
+        return Ok(());
+    }
+    let eps = F::of_f64(L2_EPS);
+    (dx.par_chunks_mut(cols), dy.par_chunks(cols), y.par_chunks(cols), norms).into_par_iter().for_each(
+        |(dx, dy, y, &norm)| {
+            if norm < eps {
+                dx.iter_mut().zip(dy).for_each(|(dx, &dy)| *dx = dy / eps);
+            } else {
+                let dot = dy.iter().zip(y).fold(F::zero(), |s, (&dy, &y)| s + dy * y);
+                for ((dx, &dy), &y) in dx.iter_mut().zip(dy).zip(y) {
+                    *dx = (dy - y * dot) / norm;
+                }
+            }
+        },
+    );
+    Ok(())
 }
