@@ -367,7 +367,8 @@ pub trait Backend: Sized + Send + Sync + 'static {
     ) -> Result<()>;
 
     // ----------------------------------------------------------------------------------------------- attention -----
-    /// Softmax over the last axis of `x [rows, cols]`.
+    /// Softmax over the last axis of `x [rows, cols]` (a row of only −∞ gives NaN, as in PyTorch; attention masks
+    /// are handled inside the attention primitives).
     fn softmax_forward(
         &self,
         x: Ref<'_, Self, Self::Act>,
@@ -441,7 +442,8 @@ pub trait Backend: Sized + Send + Sync + 'static {
         label_smoothing: f64,
         grad_scale: f64,
     ) -> Result<()>;
-    /// Elements of the state [`Backend::clip_loss_forward`] saves (row and column log-sum-exps and the norms).
+    /// Elements of the state [`Backend::clip_loss_forward`] saves: O(n), never n² (the CPU keeps 4n: row
+    /// log-sum-exps, column log-sum-exps, image norms, text norms).
     fn clip_loss_saved_len(&self, spec: &ClipLoss) -> usize;
     /// SPEC §1.1 on un-normalised `image [n, dim]`, `text [n, dim]` and the log scale `t` (`[1]`): L2 normalisation,
     /// logits `exp(t)·Î·T̂ᵀ`, symmetric cross-entropy. Writes `loss [1]`.

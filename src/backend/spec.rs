@@ -145,8 +145,8 @@ pub enum Activation {
 
 /// Scaled dot-product attention over heads, reference form: `O = softmax(scale·QKᵀ + mask)·V` per (batch, head).
 ///
-/// Q, K, V (and their gradients) live in ONE buffer so that the fused QKV projection output `[B, S, 3, H, Dh]` is read
-/// in place: element (b, s, h, d) of Q is at `q_offset + (b·seq_q + s)·q_row_stride + h·head_dim + d`; K and V
+/// Q, K, V (and their gradients) live in ONE buffer, in regions that do not overlap, so that the fused QKV projection
+/// output `[B, S, 3, H, Dh]` is read in place: element (b, s, h, d) of Q is at `q_offset + (b·seq_q + s)·q_row_stride + h·head_dim + d`; K and V
 /// likewise with `seq_k` and `kv_row_stride`. The output is `[B, seq_q, heads·head_dim]`, contiguous.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Attention {
@@ -206,11 +206,18 @@ impl Attention {
     pub fn width(&self) -> usize {
         self.heads * self.head_dim
     }
-    /// Elements the QKV buffer must hold.
+    /// Elements the QKV buffer must hold (0 for an empty batch).
     pub fn qkv_len(&self) -> usize {
-        let q_end = self.q_offset + (self.batch * self.seq_q - 1) * self.q_row_stride + self.width();
-        let k_end = self.k_offset + (self.batch * self.seq_k - 1) * self.kv_row_stride + self.width();
-        let v_end = self.v_offset + (self.batch * self.seq_k - 1) * self.kv_row_stride + self.width();
+        let end = |offset: usize, rows: usize, stride: usize| {
+            if rows == 0 {
+                0
+            } else {
+                offset + (rows - 1) * stride + self.width()
+            }
+        };
+        let q_end = end(self.q_offset, self.batch * self.seq_q, self.q_row_stride);
+        let k_end = end(self.k_offset, self.batch * self.seq_k, self.kv_row_stride);
+        let v_end = end(self.v_offset, self.batch * self.seq_k, self.kv_row_stride);
         q_end.max(k_end).max(v_end)
     }
     pub fn out_len(&self) -> usize {

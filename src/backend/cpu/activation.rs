@@ -1,17 +1,126 @@
 //! Element-wise nonlinearities (ReLU, exact GELU, QuickGELU) and the row softmax.
 
-use crate::backend::{Activation, Float};
-use crate::error::Result;
+use rayon::prelude::*;
 
+use crate::backend::{Activation, Float};
+use crate::error::{check_len, Result};
+
+/// Elements per rayon task for the element-wise maps (large enough that the split costs nothing).
+const CHUNK: usize = 1 << 14;
+
+/// The QuickGELU slope of OpenAI CLIP: `x·σ(1.702x)`.
+const QUICK_GELU_ALPHA: f64 = 1.702;
+
+/// `σ(x) = 1/(1 + e^{−x})`, written so that neither branch overflows.
+fn sigmoid<F: Float>(x: F) -> F {
+    if x >= F::zero() {
+        F::one() / (F::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (F::one() + e)
+    }
+}
+
+/// `f(x)`.
+fn apply<F: Float>(kind: Activation, x: F) -> F {
+    match kind {
+        // Written so that a NaN propagates instead of turning into 0.
+        Activation::Relu => {
+            if x < F::zero() {
+                F::zero()
+            } else {
+                x
+            }
+        }
+        // ½x(1 + erf(x/√2)).
+        Activation::Gelu => F::of_f64(0.5) * x * (F::one() + (x * F::of_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()),
+        Activation::QuickGelu => x * sigmoid(F::of_f64(QUICK_GELU_ALPHA) * x),
+    }
+}
+
+/// `f'(x)`.
+fn derivative<F: Float>(kind: Activation, x: F) -> F {
+    match kind {
+        // The kink at 0 takes the left derivative, as PyTorch does.
+        Activation::Relu => {
+            if x > F::zero() {
+                F::one()
+            } else {
+                F::zero()
+            }
+        }
+        // d/dx xΦ(x) = Φ(x) + x·φ(x), φ the standard normal density.
+        Activation::Gelu => {
+            let cdf = F::of_f64(0.5) * (F::one() + (x * F::of_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
+            let pdf = F::of_f64(1.0 / (2.0 * std::f64::consts::PI).sqrt()) * (F::of_f64(-0.5) * x * x).exp();
+            cdf + x * pdf
+        }
+        // d/dx xσ(ax) = σ(ax) + a·x·σ(ax)(1 − σ(ax)).
+        Activation::QuickGelu => {
+            let a = F::of_f64(QUICK_GELU_ALPHA);
+            let s = sigmoid(a * x);
+            s + a * x * s * (F::one() - s)
+        }
+    }
+}
+
+/// `y = f(x)`.
 pub fn forward<F: Float>(kind: Activation, x: &[F], y: &mut [F]) -> Result<()> {
-    todo!()
+    check_len("activation_forward", "y", y.len(), x.len())?;
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = apply(kind, x);
+        }
+    });
+    Ok(())
 }
+
+/// `dx = f'(x)·dy`.
 pub fn backward<F: Float>(kind: Activation, x: &[F], dy: &[F], dx: &mut [F]) -> Result<()> {
-    todo!()
+    check_len("activation_backward", "dy", dy.len(), x.len())?;
+    check_len("activation_backward", "dx", dx.len(), x.len())?;
+    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(|((dx, x), dy)| {
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            *dx = derivative(kind, x) * dy;
+        }
+    });
+    Ok(())
 }
+
+/// Softmax over the last axis of `x [rows, cols]`, with the row maximum subtracted so `exp` never overflows.
 pub fn softmax_forward<F: Float>(x: &[F], y: &mut [F], rows: usize, cols: usize) -> Result<()> {
-    todo!()
+    check_len("softmax_forward", "x", x.len(), rows * cols)?;
+    check_len("softmax_forward", "y", y.len(), rows * cols)?;
+    if cols == 0 {
+        return Ok(());
+    }
+    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(y, x)| {
+        let max = x.iter().fold(F::neg_infinity(), |m, &v| m.max(v));
+        let mut total = F::zero();
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = (x - max).exp();
+            total += *y;
+        }
+        for y in y.iter_mut() {
+            *y /= total;
+        }
+    });
+    Ok(())
 }
+
+/// `dx = y ∘ (dy − ⟨dy, y⟩_row)`.
 pub fn softmax_backward<F: Float>(y: &[F], dy: &[F], dx: &mut [F], rows: usize, cols: usize) -> Result<()> {
-    todo!()
+    check_len("softmax_backward", "y", y.len(), rows * cols)?;
+    check_len("softmax_backward", "dy", dy.len(), rows * cols)?;
+    check_len("softmax_backward", "dx", dx.len(), rows * cols)?;
+    if cols == 0 {
+        return Ok(());
+    }
+    dx.par_chunks_mut(cols).zip(y.par_chunks(cols)).zip(dy.par_chunks(cols)).for_each(|((dx, y), dy)| {
+        let inner: F = y.iter().zip(dy).map(|(&y, &dy)| y * dy).sum();
+        for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+            *dx = y * (dy - inner);
+        }
+    });
+    Ok(())
 }

@@ -415,8 +415,12 @@ impl<F: Float> Backend for CpuBackend<F> {
         v: &mut [F],
         shadow: Option<&mut [F]>,
     ) -> Result<()> {
+        if let Some(shadow) = &shadow {
+            check_len("adamw_update", "shadow", shadow.len(), params.len())?;
+        }
         optim::adamw_update(hp, segments, params, grads, m, v)?;
         if let Some(shadow) = shadow {
+            // The CPU computes in the master dtype, so the compute copy is the master itself.
             shadow.copy_from_slice(params);
         }
         Ok(())
