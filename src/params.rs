@@ -32,6 +32,12 @@ impl ParamId {
     }
 }
 
+/// Writable views of `N` tensors of a master-dtype buffer (gradients, running statistics).
+pub type MasterViews<'a, B, const N: usize> = [Mut<'a, B, <B as Backend>::Master>; N];
+
+/// Read access to all the compute-dtype weights, with writable views of `N` master-dtype tensors.
+pub type WeightsAnd<'a, B, const N: usize> = (Ref<'a, B, <B as Backend>::Act>, MasterViews<'a, B, N>);
+
 /// How a tensor's initial values are drawn.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
@@ -283,22 +289,21 @@ impl<B: Backend> ParamStore<B> {
 
     /// Splits the gradient buffer into writable views of the given tensors (which must not overlap), in the order
     /// asked: a layer's backward takes its `dW` and `db` at once.
-    pub fn grads_mut<const N: usize>(&mut self, ids: [ParamId; N]) -> Result<[Mut<'_, B, B::Master>; N]> {
+    pub fn grads_mut<const N: usize>(&mut self, ids: [ParamId; N]) -> Result<MasterViews<'_, B, N>> {
         split_views::<B, B::Master, N>(B::view_mut(&mut self.grads), ids)
     }
 
-    /// Gradient views plus read access to the weights, for a backward pass.
-    pub fn weights_and_grads<const N: usize>(
-        &mut self,
-        ids: [ParamId; N],
-    ) -> Result<(&B::Buf<B::Act>, [Mut<'_, B, B::Master>; N])> {
+    /// Gradient views plus read access to all the weights, for a backward pass that needs both.
+    pub fn weights_and_grads<const N: usize>(&mut self, ids: [ParamId; N]) -> Result<WeightsAnd<'_, B, N>> {
         let grads = split_views::<B, B::Master, N>(B::view_mut(&mut self.grads), ids)?;
-        Ok((&self.weights, grads))
+        Ok((B::view(&self.weights), grads))
     }
 
-    /// Views of buffer tensors (running statistics), writable.
-    pub fn buffers_mut<const N: usize>(&mut self, ids: [ParamId; N]) -> Result<[Mut<'_, B, B::Master>; N]> {
-        split_views::<B, B::Master, N>(B::view_mut(&mut self.buffers), ids)
+    /// Writable views of buffer tensors (running statistics) plus read access to all the weights: a training-mode
+    /// BatchNorm forward reads its affine weights while it updates its statistics.
+    pub fn weights_and_buffers<const N: usize>(&mut self, ids: [ParamId; N]) -> Result<WeightsAnd<'_, B, N>> {
+        let buffers = split_views::<B, B::Master, N>(B::view_mut(&mut self.buffers), ids)?;
+        Ok((B::view(&self.weights), buffers))
     }
 }
 

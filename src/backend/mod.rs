@@ -89,15 +89,15 @@ pub trait Backend: Sized + Send + Sync + 'static {
     fn as_ref<'a, T: Elem>(x: &'a Self::Mut<'_, T>) -> Self::Ref<'a, T>;
     /// Lends a writable view out for one call and keeps it usable afterwards.
     fn reborrow<'a, T: Elem>(x: &'a mut Self::Mut<'_, T>) -> Self::Mut<'a, T>;
-    fn slice<'a, T: Elem>(x: Self::Ref<'a, T>, range: Range<usize>) -> Self::Ref<'a, T>
+    fn slice<'a, T>(x: Self::Ref<'a, T>, range: Range<usize>) -> Self::Ref<'a, T>
     where
-        T: 'a;
-    fn slice_mut<'a, T: Elem>(x: Self::Mut<'a, T>, range: Range<usize>) -> Self::Mut<'a, T>
+        T: Elem + 'a;
+    fn slice_mut<'a, T>(x: Self::Mut<'a, T>, range: Range<usize>) -> Self::Mut<'a, T>
     where
-        T: 'a;
-    fn split_at_mut<'a, T: Elem>(x: Self::Mut<'a, T>, mid: usize) -> (Self::Mut<'a, T>, Self::Mut<'a, T>)
+        T: Elem + 'a;
+    fn split_at_mut<'a, T>(x: Self::Mut<'a, T>, mid: usize) -> (Self::Mut<'a, T>, Self::Mut<'a, T>)
     where
-        T: 'a;
+        T: Elem + 'a;
     fn len<T: Elem>(x: Self::Ref<'_, T>) -> usize;
     fn len_mut<T: Elem>(x: &Self::Mut<'_, T>) -> usize;
     fn buf_len<T: Elem>(buf: &Self::Buf<T>) -> usize {

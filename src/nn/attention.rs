@@ -38,7 +38,7 @@ impl<B: Backend> MultiHeadAttention<B> {
         causal: bool,
         init: Option<AttentionInit>,
     ) -> Result<Self> {
-        if heads == 0 || width % heads != 0 {
+        if heads == 0 || !width.is_multiple_of(heads) {
             let msg = format!("width {width} must be a positive multiple of heads {heads}");
             return Err(Error::Invalid { op: "MultiHeadAttention", msg });
         }

@@ -64,18 +64,13 @@ impl<B: Backend> BatchNorm2d<B> {
     ) -> Result<()> {
         let spec = BatchNorm { n, channels: self.channels, spatial, eps: self.eps, momentum: self.momentum };
         let y = self.out.ensure(backend, spec.len())?;
-        let gamma = self.weight.map(|id| params.weight(id));
-        let beta = self.bias.map(|id| params.weight(id));
         if self.training {
-            // The statistics are mutated while the affine weights are read: split the store's borrows by hand.
             let save_mean = self.save_mean.ensure(backend, self.channels)?;
             let save_rstd = self.save_rstd.ensure(backend, self.channels)?;
-            let weights = &params.weights;
-            let gamma = self.weight.map(|id| B::slice(B::view(weights), id.range()));
-            let beta = self.bias.map(|id| B::slice(B::view(weights), id.range()));
-            let buffers = B::view_mut(&mut params.buffers);
-            let [running_mean, running_var] =
-                crate::params::split_views::<B, B::Master, 2>(buffers, [self.running_mean, self.running_var])?;
+            let (weights, [running_mean, running_var]) =
+                params.weights_and_buffers([self.running_mean, self.running_var])?;
+            let gamma = self.weight.map(|id| B::slice(weights, id.range()));
+            let beta = self.bias.map(|id| B::slice(weights, id.range()));
             backend.batchnorm_forward_train(
                 &spec,
                 x,
@@ -89,6 +84,8 @@ impl<B: Backend> BatchNorm2d<B> {
             )?;
             self.num_batches_tracked += 1;
         } else {
+            let gamma = self.weight.map(|id| params.weight(id));
+            let beta = self.bias.map(|id| params.weight(id));
             let buffers = B::view(&params.buffers);
             let running_mean = B::slice(buffers, self.running_mean.range());
             let running_var = B::slice(buffers, self.running_var.range());
@@ -119,7 +116,7 @@ impl<B: Backend> BatchNorm2d<B> {
         match (self.weight, self.bias) {
             (Some(w), Some(b)) => {
                 let (weights, [dgamma, dbeta]) = params.weights_and_grads([w, b])?;
-                let gamma = B::slice(B::view(weights), w.range());
+                let gamma = B::slice(weights, w.range());
                 backend.batchnorm_backward(
                     &spec,
                     dy,

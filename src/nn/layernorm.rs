@@ -56,7 +56,7 @@ impl<B: Backend> LayerNorm<B> {
         dx: Mut<'_, B, B::Act>,
     ) -> Result<()> {
         let (weights, [dgamma, dbeta]) = params.weights_and_grads([self.weight, self.bias])?;
-        let gamma = B::slice(B::view(weights), self.weight.range());
+        let gamma = B::slice(weights, self.weight.range());
         let (mean, rstd) = (self.mean.get()?, self.rstd.get()?);
         backend.layernorm_backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, self.rows, self.width)
     }

@@ -89,21 +89,21 @@ impl<F: Float> Backend for CpuBackend<F> {
     fn reborrow<'a, T: Elem>(x: &'a mut &mut [T]) -> &'a mut [T] {
         x
     }
-    fn slice<'a, T: Elem>(x: &'a [T], range: Range<usize>) -> &'a [T]
+    fn slice<'a, T>(x: &'a [T], range: Range<usize>) -> &'a [T]
     where
-        T: 'a,
+        T: Elem + 'a,
     {
         &x[range]
     }
-    fn slice_mut<'a, T: Elem>(x: &'a mut [T], range: Range<usize>) -> &'a mut [T]
+    fn slice_mut<'a, T>(x: &'a mut [T], range: Range<usize>) -> &'a mut [T]
     where
-        T: 'a,
+        T: Elem + 'a,
     {
         &mut x[range]
     }
-    fn split_at_mut<'a, T: Elem>(x: &'a mut [T], mid: usize) -> (&'a mut [T], &'a mut [T])
+    fn split_at_mut<'a, T>(x: &'a mut [T], mid: usize) -> (&'a mut [T], &'a mut [T])
     where
-        T: 'a,
+        T: Elem + 'a,
     {
         x.split_at_mut(mid)
     }
