@@ -59,10 +59,14 @@ fn conv_and_activation(c: &mut Criterion) {
     // The ViT patch embedding: 256 images of 3×32×32, 8×8 patches, width 128.
     let spec = Conv2d { n: 256, c_in: 3, h: 32, w: 32, c_out: 128, kernel_h: 8, kernel_w: 8, stride: 8, pad: 0 };
     let mut rng = testing::rng(4);
-    let (x, w) = (testing::normal::<f32>(&mut rng, spec.input_len(), 1.0), testing::normal::<f32>(&mut rng, spec.weight_len(), 0.1));
+    let (x, w) = (
+        testing::normal::<f32>(&mut rng, spec.input_len(), 1.0),
+        testing::normal::<f32>(&mut rng, spec.weight_len(), 0.1),
+    );
     let mut y = vec![0f32; spec.output_len()];
     let mut group = c.benchmark_group("conv_activation");
-    group.bench_function("patch_embed_forward", |bench| bench.iter(|| b.conv2d_forward(&spec, &x, &w, &mut y).unwrap()));
+    group
+        .bench_function("patch_embed_forward", |bench| bench.iter(|| b.conv2d_forward(&spec, &x, &w, &mut y).unwrap()));
     let h = testing::normal::<f32>(&mut rng, 4352 * 512, 1.0);
     let mut hy = vec![0f32; h.len()];
     group.bench_function("gelu_forward_4352x512", |bench| {
@@ -75,7 +79,8 @@ fn clip_loss(c: &mut Criterion) {
     let b = Cpu::new();
     let spec = ClipLoss { n: 256, dim: 128, label_smoothing: 0.0 };
     let mut rng = testing::rng(5);
-    let (img, txt) = (testing::normal::<f32>(&mut rng, 256 * 128, 1.0), testing::normal::<f32>(&mut rng, 256 * 128, 1.0));
+    let (img, txt) =
+        (testing::normal::<f32>(&mut rng, 256 * 128, 1.0), testing::normal::<f32>(&mut rng, 256 * 128, 1.0));
     let t = [2.6592f32];
     let (mut loss, mut saved) = ([0f32], vec![0f32; b.clip_loss_saved_len(&spec)]);
     let (mut di, mut dt, mut dls) = (vec![0f32; img.len()], vec![0f32; txt.len()], [0f32]);
