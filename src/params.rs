@@ -9,6 +9,25 @@
 //! Building a model is two-phase: layers declare their tensors on a [`ParamBuilder`] (name, shape, initialiser) and
 //! keep the returned [`ParamId`]s; the builder then draws the initial values in declaration order from one seeded
 //! generator and uploads them.
+//!
+//! ```
+//! use cliprt::backend::{cpu::CpuBackend, Backend};
+//! use cliprt::nn::Linear;
+//! use cliprt::params::ParamBuilder;
+//!
+//! let b = CpuBackend::<f32>::new();
+//! let mut pb = ParamBuilder::new();
+//! let mut proj = pb.scope("visual", |pb| Linear::new(pb, "proj", 4, 2, false))?;
+//! let mut store = pb.build(&b, &mut cliprt::testing::rng(0))?;
+//! assert_eq!(store.layout().entries()[0].name, "visual.proj.weight");
+//!
+//! let x = [1.0f32; 12]; // 3 rows of width 4
+//! proj.forward(&b, &store, &x, 3)?;
+//! let dy = [1.0f32; 6];
+//! proj.backward(&b, &mut store, &x, &dy, None)?; // accumulates dW into store.grads
+//! assert_eq!(store.grads, [3.0; 8]);
+//! # Ok::<(), cliprt::Error>(())
+//! ```
 
 use std::collections::HashMap;
 

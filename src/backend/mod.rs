@@ -14,6 +14,23 @@
 //! - Input gradients (`dx`) are OVERWRITTEN; parameter gradients (`dgamma`, `dw`, `dtable`, …, all `Master`) are
 //!   ACCUMULATED (`+=`), so that a parameter used twice, or several micro-batches, sum naturally.
 //! - Outputs never alias inputs (the borrow checker enforces it), except where a method says "in place".
+//!
+//! ```
+//! use cliprt::backend::{cpu::CpuBackend, Activation, Backend, Gemm};
+//!
+//! // y = ReLU(x·Wᵀ) for x [2, 3] and W [2, 3], on the CPU reference backend.
+//! type Cpu = CpuBackend<f32>;
+//! let b = Cpu::new();
+//! let x = b.upload(&[1.0f32, 0.0, -1.0, 2.0, 1.0, 0.5])?;
+//! let w = b.upload(&[0.5f32, -0.5, 1.0, 1.0, 1.0, 1.0])?;
+//! let mut h = b.zeros::<f32>(4)?;
+//! b.gemm(&Gemm::new(2, 2, 3, false, true), Cpu::view(&x), Cpu::view(&w), Cpu::view_mut(&mut h))?;
+//! assert_eq!(h, [-0.5, 0.0, 1.0, 3.5]);
+//! let mut y = b.zeros::<f32>(4)?;
+//! b.activation_forward(Activation::Relu, &h, &mut y)?;
+//! assert_eq!(y, [0.0, 0.0, 1.0, 3.5]);
+//! # Ok::<(), cliprt::Error>(())
+//! ```
 
 pub mod cpu;
 pub mod cuda;
