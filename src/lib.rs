@@ -2,9 +2,11 @@
 //! backend and hand-written CUDA kernels. Start at [`backend::Backend`], the contract every layer is written against.
 
 pub mod backend;
+pub mod data;
 pub mod doctor;
 pub mod error;
 pub mod kernels;
+pub mod model;
 pub mod nn;
 pub mod params;
 pub mod testing;

@@ -27,10 +27,22 @@ pub struct BatchNorm2d<B: Backend> {
 }
 
 impl<B: Backend> BatchNorm2d<B> {
+    /// Declares `{name}.{weight,bias}` (ones, zeros; none when not `affine`) and the running statistics.
     pub fn new(pb: &mut ParamBuilder, name: &str, channels: usize, affine: bool) -> Result<Self> {
+        Self::with_weight_init(pb, name, channels, affine, Init::Ones)
+    }
+
+    /// As [`BatchNorm2d::new`] with another initial weight (CLIP zeroes each bottleneck's last BatchNorm weight).
+    pub fn with_weight_init(
+        pb: &mut ParamBuilder,
+        name: &str,
+        channels: usize,
+        affine: bool,
+        weight_init: Init,
+    ) -> Result<Self> {
         let (weight, bias) = if affine {
             (
-                Some(pb.param(&format!("{name}.weight"), &[channels], Init::Ones)?),
+                Some(pb.param(&format!("{name}.weight"), &[channels], weight_init)?),
                 Some(pb.param(&format!("{name}.bias"), &[channels], Init::Zeros)?),
             )
         } else {

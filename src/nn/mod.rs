@@ -18,6 +18,7 @@ mod layernorm;
 mod linear;
 mod mlp;
 mod pool;
+mod projection;
 mod slot;
 
 pub use activation::ActivationLayer;
@@ -29,4 +30,5 @@ pub use layernorm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::Mlp;
 pub use pool::{AvgPool2d, GatherTokens};
+pub use projection::Projection;
 pub use slot::Slot;

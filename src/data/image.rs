@@ -1,0 +1,1 @@
+//! Image decoding and open_clip evaluation preprocessing. Being written.

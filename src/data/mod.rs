@@ -1,0 +1,4 @@
+//! Data: the CLIP tokenizer and image preprocessing.
+
+pub mod image;
+pub mod tokenizer;

@@ -1,0 +1,1 @@
+//! The CLIP BPE tokenizer. Being written.

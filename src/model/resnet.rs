@@ -1,0 +1,1 @@
+//! CLIP's modified ResNet (SPEC §1.2). Being written.

@@ -1,0 +1,1 @@
+//! The pre-LN Transformer shared by the ViT and the text tower. Being written.
