@@ -9,6 +9,8 @@
 
 pub mod config;
 pub mod resnet;
+pub mod text;
 pub mod transformer;
+pub mod vit;
 
 pub use config::{ModelConfig, TextConfig, VisionConfig};

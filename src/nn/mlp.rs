@@ -22,7 +22,8 @@ impl<B: Backend> Mlp<B> {
         Ok(Self::from_parts(c_fc, kind, c_proj))
     }
 
-    /// Declares the tensors with normal initialisations of the given standard deviations (CLIP's text tower).
+    /// Declares the tensors with normal weight initialisations of the given standard deviations (CLIP's text tower);
+    /// the biases keep PyTorch's Linear default, U(±1/√in).
     pub fn with_std(
         pb: &mut ParamBuilder,
         name: &str,
@@ -34,8 +35,18 @@ impl<B: Backend> Mlp<B> {
     ) -> Result<Self> {
         let (fc_w, fc_b) = (format!("{name}.c_fc.weight"), format!("{name}.c_fc.bias"));
         let (pr_w, pr_b) = (format!("{name}.c_proj.weight"), format!("{name}.c_proj.bias"));
-        let c_fc = Linear::with_names(pb, &fc_w, Some(&fc_b), width, hidden, Init::Normal(fc_std), Init::Zeros)?;
-        let c_proj = Linear::with_names(pb, &pr_w, Some(&pr_b), hidden, width, Init::Normal(proj_std), Init::Zeros)?;
+        let (fc_bound, proj_bound) = (1.0 / (width as f64).sqrt(), 1.0 / (hidden as f64).sqrt());
+        let c_fc =
+            Linear::with_names(pb, &fc_w, Some(&fc_b), width, hidden, Init::Normal(fc_std), Init::Uniform(fc_bound))?;
+        let c_proj = Linear::with_names(
+            pb,
+            &pr_w,
+            Some(&pr_b),
+            hidden,
+            width,
+            Init::Normal(proj_std),
+            Init::Uniform(proj_bound),
+        )?;
         Ok(Self::from_parts(c_fc, kind, c_proj))
     }
 

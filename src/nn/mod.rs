@@ -22,7 +22,7 @@ mod projection;
 mod slot;
 
 pub use activation::ActivationLayer;
-pub use attention::MultiHeadAttention;
+pub use attention::{AttentionInit, MultiHeadAttention};
 pub use batchnorm::BatchNorm2d;
 pub use conv::Conv2dLayer;
 pub use embedding::Embedding;
