@@ -2,6 +2,7 @@
 //! backend and hand-written CUDA kernels. Start at [`backend::Backend`], the contract every layer is written against.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod data;
 pub mod doctor;
 pub mod error;

@@ -57,6 +57,9 @@ pub type MasterViews<'a, B, const N: usize> = [Mut<'a, B, <B as Backend>::Master
 /// Read access to all the compute-dtype weights, with writable views of `N` master-dtype tensors.
 pub type WeightsAnd<'a, B, const N: usize> = (Ref<'a, B, <B as Backend>::Act>, MasterViews<'a, B, N>);
 
+/// Read access to all the master weights, with writable views of `N` master-dtype tensors.
+pub type MasterAnd<'a, B, const N: usize> = (Ref<'a, B, <B as Backend>::Master>, MasterViews<'a, B, N>);
+
 /// How a tensor's initial values are drawn.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
@@ -316,6 +319,12 @@ impl<B: Backend> ParamStore<B> {
     pub fn weights_and_grads<const N: usize>(&mut self, ids: [ParamId; N]) -> Result<WeightsAnd<'_, B, N>> {
         let grads = split_views::<B, B::Master, N>(B::view_mut(&mut self.grads), ids)?;
         Ok((B::view(&self.weights), grads))
+    }
+
+    /// Gradient views plus read access to all the master weights (the logit scale is read in the master dtype).
+    pub fn master_and_grads<const N: usize>(&mut self, ids: [ParamId; N]) -> Result<MasterAnd<'_, B, N>> {
+        let grads = split_views::<B, B::Master, N>(B::view_mut(&mut self.grads), ids)?;
+        Ok((B::view(&self.master), grads))
     }
 
     /// Writable views of buffer tensors (running statistics) plus read access to all the weights: a training-mode

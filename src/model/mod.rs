@@ -7,6 +7,7 @@
 //!   (inputs are data: no input gradient);
 //! - `set_training(bool)` switches BatchNorm between batch and running statistics.
 
+pub mod clip;
 pub mod config;
 pub mod resnet;
 pub mod text;
