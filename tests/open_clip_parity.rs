@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use cliprt::backend::cpu::CpuBackend;
-use cliprt::backend::Backend;
 use cliprt::checkpoint::{self, StateDict, TensorData};
 use cliprt::model::clip::Clip;
 use cliprt::model::config::ModelConfig;

@@ -2,7 +2,7 @@
 //! `Σ w·out`, with all parameters moved away from their initial values; pooling, masking and shapes.
 
 use cliprt::backend::cpu::CpuBackend;
-use cliprt::backend::{Activation, Backend};
+use cliprt::backend::Activation;
 use cliprt::model::config::{TextConfig, VisionConfig, VisionLayers};
 use cliprt::model::text::TextTransformer;
 use cliprt::model::vit::VisionTransformer;

@@ -16,10 +16,10 @@ use crate::model::vit::VisionTransformer;
 use crate::nn::Slot;
 use crate::params::{Init, ParamBuilder, ParamId, ParamStore};
 
-/// The image tower a config asks for.
+/// The image tower a config asks for (boxed: the two differ much in size).
 pub enum VisualTower<B: Backend> {
-    Vit(VisionTransformer<B>),
-    ResNet(ModifiedResNet<B>),
+    Vit(Box<VisionTransformer<B>>),
+    ResNet(Box<ModifiedResNet<B>>),
 }
 
 impl<B: Backend> VisualTower<B> {
@@ -86,10 +86,10 @@ impl<B: Backend> Clip<B> {
         let act = config.activation();
         let visual = pb.scope("visual", |pb| match config.vision_cfg.layers {
             VisionLayers::Transformer(_) => {
-                Ok(VisualTower::Vit(VisionTransformer::new(pb, &config.vision_cfg, config.embed_dim, act)?))
+                Ok(VisualTower::Vit(Box::new(VisionTransformer::new(pb, &config.vision_cfg, config.embed_dim, act)?)))
             }
             VisionLayers::ResNet(_) => {
-                Ok(VisualTower::ResNet(ModifiedResNet::new(pb, &config.vision_cfg, config.embed_dim)?))
+                Ok(VisualTower::ResNet(Box::new(ModifiedResNet::new(pb, &config.vision_cfg, config.embed_dim)?)))
             }
         })?;
         let text = TextTransformer::new(pb, &config.text_cfg, config.embed_dim, act)?;

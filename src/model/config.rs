@@ -199,7 +199,7 @@ impl ModelConfig {
         if self.embed_dim == 0 || v.width == 0 || t.width == 0 || v.head_width == 0 || t.heads == 0 {
             return bad("embed_dim, widths, heads and head_width must be positive".into());
         }
-        if t.width % t.heads != 0 {
+        if !t.width.is_multiple_of(t.heads) {
             return bad(format!("text_cfg.width {} is not a multiple of text_cfg.heads {}", t.width, t.heads));
         }
         if t.context_length < 2 || t.vocab_size < 2 {
@@ -207,10 +207,10 @@ impl ModelConfig {
         }
         match (&v.layers, v.patch_size) {
             (VisionLayers::Transformer(_), Some(p)) => {
-                if p == 0 || v.image_size % p != 0 {
+                if p == 0 || !v.image_size.is_multiple_of(p) {
                     return bad(format!("vision_cfg.image_size {} is not a multiple of patch_size {p}", v.image_size));
                 }
-                if v.width % v.head_width != 0 {
+                if !v.width.is_multiple_of(v.head_width) {
                     return bad(format!(
                         "vision_cfg.width {} is not a multiple of head_width {}",
                         v.width, v.head_width
@@ -219,10 +219,10 @@ impl ModelConfig {
             }
             (VisionLayers::Transformer(_), None) => return bad("a ViT vision_cfg needs patch_size".into()),
             (VisionLayers::ResNet(_), _) => {
-                if v.image_size % 32 != 0 {
+                if !v.image_size.is_multiple_of(32) {
                     return bad(format!("a ResNet needs image_size divisible by 32, got {}", v.image_size));
                 }
-                if (32 * v.width) % v.head_width != 0 {
+                if !(32 * v.width).is_multiple_of(v.head_width) {
                     return bad(format!("32·vision_cfg.width must be a multiple of head_width {}", v.head_width));
                 }
             }
