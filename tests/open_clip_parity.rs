@@ -167,3 +167,49 @@ fn open_clip_state_dict_loading_is_strict_and_names_the_problem() {
     assert!(err.contains("safetensors"), "{err}");
     std::fs::remove_file(&corrupt).unwrap();
 }
+
+/// With `CLIPRT_EXPORT_DIR` set, writes cliprt-initialised tiny ViT and ResNet CLIPs (model file, inputs and
+/// embeddings) for `scripts/check_open_clip_load.py`, which loads each model file into open_clip with a strict
+/// `load_state_dict` and compares the embeddings. Without it, checks the same files can be written and read back.
+#[test]
+fn open_clip_export_cliprt_initialised_models() {
+    let dir = match std::env::var("CLIPRT_EXPORT_DIR") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => std::env::temp_dir().join(format!("cliprt-export-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    for (kind, source) in [("vit", "clip_vit.json"), ("resnet", "clip_resnet.json")] {
+        let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(source)).unwrap()).unwrap();
+        let config = ModelConfig::from_json(&meta["config"].to_string()).unwrap();
+        let b = Cpu::new();
+        let (mut model, mut store) = Clip::build(&b, &config, 7).unwrap();
+        model.visual.set_training(false);
+        let batch = 2;
+        let size = config.vision_cfg.image_size;
+        let images: Vec<f32> = cliprt::testing::normal(&mut cliprt::testing::rng(8), batch * 3 * size * size, 1.0);
+        let context = config.text_cfg.context_length;
+        let vocab = config.text_cfg.vocab_size as i32;
+        let mut tokens = vec![0i32; batch * context];
+        for (i, row) in tokens.chunks_mut(context).enumerate() {
+            row[..4].copy_from_slice(&[vocab - 2, 5 + i as i32, 9, vocab - 1]);
+        }
+        let image_features = model.encode_image(&b, &mut store, &images, batch).unwrap().to_vec();
+        let text_features = model.encode_text(&b, &store, &tokens, batch).unwrap().to_vec();
+        model.save(&b, &store, &dir.join(format!("{kind}.safetensors"))).unwrap();
+        let io: StateDict = [
+            ("images".to_string(), (vec![batch, 3, size, size], TensorData::F32(images))),
+            ("tokens".to_string(), (vec![batch, context], TensorData::I64(tokens.iter().map(|&t| t as i64).collect()))),
+            ("image_features".to_string(), (vec![batch, config.embed_dim], TensorData::F32(image_features))),
+            ("text_features".to_string(), (vec![batch, config.embed_dim], TensorData::F32(text_features))),
+        ]
+        .into_iter()
+        .collect();
+        checkpoint::save_safetensors(&dir.join(format!("{kind}_io.safetensors")), &io).unwrap();
+        std::fs::write(dir.join(format!("{kind}.json")), meta["config"].to_string()).unwrap();
+        let back = checkpoint::load_safetensors(&dir.join(format!("{kind}_io.safetensors"))).unwrap();
+        assert_eq!(back, io);
+    }
+    if std::env::var("CLIPRT_EXPORT_DIR").is_err() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
