@@ -37,10 +37,11 @@ fn assert_rel(label: &str, got: &[f32], want: &[f32], rtol: f64) {
     assert!(got.iter().all(|v| v.is_finite()), "{label}: non-finite value");
     let err: f64 = got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
     let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+    let relative = err / norm.max(1e-30);
+    println!("{label}: relative error {relative:.2e}");
     assert!(
         err <= rtol * norm + 1e-6,
-        "{label}: ‖err‖ {err:.3e} vs ‖ref‖ {norm:.3e} (relative {:.2e}, allowed {rtol:e})",
-        err / norm.max(1e-30)
+        "{label}: ‖err‖ {err:.3e} vs ‖ref‖ {norm:.3e} (relative {relative:.2e}, allowed {rtol:e})"
     );
 }
 
