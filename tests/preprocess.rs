@@ -155,7 +155,8 @@ fn open_clip_decode_png_colour_types_match_pil_convert_rgb() {
 /// JPEGs plus PIL-written variants (sizes 1x1 to 33x31 in 4:2:0, 4:2:2 and 4:4:4; progressive, optimised, restart
 /// markers, quality 5 and 100, RGB without colour transform, CMYK, grey) and hand-encoded layouts PIL cannot write
 /// (4:4:0, 4:1:1, 3x1, mixed chroma factors, chroma sampled higher than luma, non-interleaved scans, no DHT,
-/// restart intervals, 'R','G','B' component ids, Adobe YCCK and Adobe RGB).
+/// restart intervals, 'R','G','B' component ids, Adobe YCCK and Adobe RGB); damaged files PIL still decodes too
+/// (exactly, except corrupt entropy data: see below).
 #[test]
 fn open_clip_decode_jpeg_matches_pil_exactly() {
     let fx = Fixtures::load();
@@ -171,7 +172,12 @@ fn open_clip_decode_jpeg_matches_pil_exactly() {
         assert_eq!(shape, [img.height(), img.width(), 3], "{file}");
         let (mean, max, count) = diff(img.as_raw(), want);
         println!("{file:>40}: decode vs PIL mean abs diff {mean:.4}, max {max}, {count}/{} values differ", want.len());
-        if max != 0 {
+        // Corrupt entropy data yields out-of-range coefficients, on which libjpeg-turbo's C islow IDCT (32-bit
+        // arithmetic, what mozjpeg builds without nasm) and the x86-64 SIMD one PIL runs (16-bit lanes, wrapping)
+        // disagree on a few isolated pixels. PIL decodes this file; so must we, at its size (checked above), with
+        // the decoder resynchronising as PIL's does: all but those few values equal.
+        let exact = file != "jpg_damaged_entropy.jpg";
+        if (exact && max != 0) || count * 50 > want.len() {
             failures.push(format!("{file}: mean {mean:.4} max {max}"));
         }
     }

@@ -16,17 +16,26 @@
 //!   zero padding when the crop is larger than the image).
 //! - [`preprocess_u8`]: the uint8 result before `ToTensor`, HWC; [`preprocess`]: the normalised CHW float32 tensor.
 //!
-//! JPEG is decoded by this module's own decoder (`jpeg.rs`), which reproduces libjpeg-turbo as PIL runs it (islow
-//! IDCT as its x86-64 SIMD code computes it, "fancy" chroma upsampling, its YCbCr tables, PIL's CMYK conversion,
-//! its handling of damaged data and of truncation): general-purpose decoders such as zune-jpeg (the `image`
-//! crate's) differ from PIL by up to 4/255 on 4:2:0 files. PNG goes through the `image` crate (lossless, so equal to
-//! PIL's). With both, JPEG and PNG inputs give open_clip's preprocessing output bit for bit.
+//! JPEG is decoded by libjpeg-turbo's code through the `mozjpeg` crate (mozjpeg is a libjpeg-turbo fork; PIL
+//! decodes with libjpeg-turbo): the same islow IDCT, "fancy" chroma upsampling and YCbCr tables, so pixels equal
+//! PIL's, where general-purpose decoders such as zune-jpeg (the `image` crate's) differ by up to 4/255 on 4:2:0
+//! files. Around it, this module does what PIL adds: four-component (CMYK, and YCCK that libjpeg turns into CMYK)
+//! files are read as Adobe-inverted CMYK and converted with PIL's formula; libjpeg's warnings (corrupt entropy data
+//! and the like) are ignored as PIL ignores them; a file that ends before libjpeg has every row is an error, as PIL
+//! reports a truncated file (running out of data after the last row, e.g. a missing EOI marker after a single-scan
+//! file, is not); PIL's decompression-bomb limit applies. One known difference, on damaged files only: corrupt
+//! entropy data can give out-of-range coefficients, on which libjpeg-turbo's C IDCT (built here without nasm SIMD)
+//! and the x86-64 SIMD one PIL runs (16-bit lanes) disagree on a few pixels. PNG goes through the `image` crate
+//! (lossless, so equal to PIL's). With both, JPEG and PNG inputs give open_clip's preprocessing output bit for bit.
 
+use std::cell::Cell;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
-mod jpeg;
+/// PIL refuses images over twice `Image.MAX_IMAGE_PIXELS` (DecompressionBombError).
+const MAX_PIXELS: u64 = 2 * 89_478_485;
 
 /// CLIP's normalisation mean per channel (R, G, B), as open_clip's `OPENAI_DATASET_MEAN`, rounded to f32 the way
 /// `torch.as_tensor(mean, dtype=torch.float32)` does (Python float, i.e. f64, then f32).
@@ -129,19 +138,13 @@ fn decode_impl(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     };
     if format == ImageFormat::Png {
         if let Some((w, h)) = png_size(bytes) {
-            if w * h > jpeg::MAX_PIXELS {
-                return Err(format!(
-                    "{w}x{h} image exceeds PIL's decompression-bomb limit of {} pixels",
-                    jpeg::MAX_PIXELS
-                ));
+            if w * h > MAX_PIXELS {
+                return Err(format!("{w}x{h} image exceeds PIL's decompression-bomb limit of {MAX_PIXELS} pixels"));
             }
         }
     }
     if format == ImageFormat::Jpeg {
-        let (w, h, rgb) = std::panic::catch_unwind(|| jpeg::decode(bytes))
-            .map_err(|_| "the JPEG decoder panicked on this input (corrupt file)".to_string())?
-            .map_err(|e| format!("corrupt or unsupported JPEG: {e}"))?;
-        return RgbImage::from_raw(w, h, rgb).map_err(|e| e.to_string());
+        return decode_jpeg(bytes).map_err(|e| format!("corrupt or unsupported JPEG: {e}"));
     }
     let decoded = std::panic::catch_unwind(|| image::load_from_memory_with_format(bytes, format))
         .map_err(|_| format!("the {format:?} decoder panicked on this input (corrupt file)"))?
@@ -171,6 +174,92 @@ fn decode_impl(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         other => return Err(format!("unsupported pixel type {:?} in {format:?}", other.color())),
     }
     RgbImage::from_raw(w, h, out).map_err(|e| e.to_string())
+}
+
+/// The file's bytes as the `BufRead` mozjpeg reads, noting when libjpeg asks for data past the end: mozjpeg then
+/// feeds libjpeg a fake EOI marker and only a warning, where PIL's data source suspends and PIL reports a truncated
+/// file unless every row was already decoded.
+struct JpegSource<'a> {
+    data: &'a [u8],
+    ran_out: &'a Cell<bool>,
+}
+
+impl Read for JpegSource<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.fill_buf()?.read(buf)?;
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for JpegSource<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.data.is_empty() {
+            self.ran_out.set(true);
+        }
+        Ok(self.data)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.data = &self.data[n.min(self.data.len())..];
+    }
+}
+
+/// Decodes a JPEG with libjpeg-turbo's code (mozjpeg) as PIL's `Image.open(f).convert("RGB")`.
+fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    use mozjpeg::{ColorSpace, Decompress};
+
+    let ran_out = Cell::new(false);
+    let truncated = || Err("truncated file (it ends before the image data does)".to_string());
+    let io = |e: std::io::Error| e.to_string();
+    let run = || -> std::result::Result<RgbImage, String> {
+        let d = Decompress::new_reader(JpegSource { data: bytes, ran_out: &ran_out }).map_err(io)?;
+        if ran_out.get() {
+            return truncated();
+        }
+        let (w, h) = d.size();
+        if w as u64 * h as u64 > MAX_PIXELS {
+            return Err(format!("{w}x{h} image exceeds PIL's decompression-bomb limit of {MAX_PIXELS} pixels"));
+        }
+        // libjpeg's guess from the markers: CMYK, or YCCK (Adobe transform 2), for four components.
+        let cmyk = matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
+        let mut started = if cmyk { d.to_colorspace(ColorSpace::JCS_CMYK) } else { d.rgb() }.map_err(io)?;
+        let (w, h) = (started.width(), started.height());
+        let pixels: Vec<u8> = started.read_scanlines().map_err(io)?;
+        if ran_out.get() {
+            return truncated();
+        }
+        // PIL has every row by now; running out of data while libjpeg reads on to the EOI marker is no error there
+        // (a bad marker still is).
+        started.finish().map_err(io)?;
+        let rgb = if cmyk { cmyk_to_rgb(&pixels) } else { pixels };
+        RgbImage::from_raw(w, h, rgb).map_err(|e| e.to_string())
+    };
+    // mozjpeg turns libjpeg's fatal errors into unwinding (with `resume_unwind`, so no panic message is printed)
+    // that its API leaves to the caller to catch; the payload is libjpeg's message.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|payload| {
+        Err(payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the JPEG decoder failed on this input".to_string()))
+    })
+}
+
+/// PIL's `convert("RGB")` of a four-component JPEG, from the CMYK libjpeg outputs (YCCK already converted): PIL
+/// reads it as Adobe-inverted CMYK ("CMYK;I"), so c = 255 − raw and nk = 255 − k = raw_k, and computes
+/// r = clip(nk − c·nk/255) with its rounded MULDIV255, likewise g and b.
+fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+    let muldiv255 = |a: i32, b: i32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    let mut rgb = Vec::with_capacity(cmyk.len() / 4 * 3);
+    for p in cmyk.chunks_exact(4) {
+        let nk = p[3] as i32;
+        rgb.extend(p[..3].iter().map(|&raw| (nk - muldiv255(255 - raw as i32, nk)).clamp(0, 255) as u8));
+    }
+    rgb
 }
 
 // ---- PIL's resampling (libImaging/Resample.c), bicubic filter ----
