@@ -28,11 +28,15 @@ pub struct VisionTransformer<B: Backend> {
     tokens: Slot<B, B::Act>,
     /// Index 0 for every image: the class token is the one pooled.
     class_index: Slot<B, i32>,
+    /// `[batch, width]` gradients: of the projection input, then of the pooled token (reused for the class rows).
     d_pooled: Slot<B, B::Act>,
+    d_token: Slot<B, B::Act>,
+    /// `[batch, seq, width]` gradients: of the Transformer output, then of the embedded tokens (before ln_pre).
     d_tokens: Slot<B, B::Act>,
-    d_embedded: Slot<B, B::Act>,
-    d_patches: Slot<B, B::Act>,
-    d_class: Slot<B, B::Act>,
+    /// `[batch, seq, width]` gradient of ln_pre's output, then scratch for the patch rows.
+    d_ln_pre: Slot<B, B::Act>,
+    /// Gradient of the convolution output `[batch, width, grid²]`.
+    d_conv: Slot<B, B::Act>,
 }
 
 impl<B: Backend> VisionTransformer<B> {
@@ -75,10 +79,10 @@ impl<B: Backend> VisionTransformer<B> {
             tokens: Slot::default(),
             class_index: Slot::default(),
             d_pooled: Slot::default(),
+            d_token: Slot::default(),
             d_tokens: Slot::default(),
-            d_embedded: Slot::default(),
-            d_patches: Slot::default(),
-            d_class: Slot::default(),
+            d_ln_pre: Slot::default(),
+            d_conv: Slot::default(),
         })
     }
 
@@ -137,31 +141,28 @@ impl<B: Backend> VisionTransformer<B> {
         let (batch, width, grid2, seq) = (self.batch, self.width, self.grid() * self.grid(), self.seq());
         let d_pooled = self.d_pooled.ensure(backend, batch * width)?;
         self.proj.backward(backend, params, self.ln_post.out()?, d_out, Some(d_pooled))?;
-        let d_ln_post_in = self.d_class.ensure(backend, batch * width)?;
-        self.ln_post.backward(backend, params, self.pool.out()?, self.d_pooled.get()?, d_ln_post_in)?;
+        let d_token = self.d_token.ensure(backend, batch * width)?;
+        self.ln_post.backward(backend, params, self.pool.out()?, self.d_pooled.get()?, d_token)?;
         let d_tokens = self.d_tokens.ensure(backend, batch * seq * width)?;
-        self.pool.backward(backend, self.class_index.get()?, self.d_class.get()?, d_tokens)?;
-        let d_ln_pre_out = self.d_embedded.ensure(backend, batch * seq * width)?;
-        self.transformer.backward(backend, params, self.ln_pre.out()?, self.d_tokens.get()?, None, d_ln_pre_out)?;
-        // d_tokens now holds the gradient of the embedded tokens (before ln_pre).
+        self.pool.backward(backend, self.class_index.get()?, self.d_token.get()?, d_tokens)?;
+        let d_ln_pre = self.d_ln_pre.ensure(backend, batch * seq * width)?;
+        self.transformer.backward(backend, params, self.ln_pre.out()?, self.d_tokens.get()?, None, d_ln_pre)?;
+        // From here d_tokens holds the gradient of the embedded tokens (class, patches, + positions).
         let d_embedded = self.d_tokens.get_mut()?;
-        self.ln_pre.backward(backend, params, self.tokens.get()?, self.d_embedded.get()?, d_embedded)?;
+        self.ln_pre.backward(backend, params, self.tokens.get()?, self.d_ln_pre.get()?, d_embedded)?;
         let d_embedded = self.d_tokens.get()?;
         let [d_pos] = params.grads_mut([self.positional_embedding])?;
         backend.sum_rows(d_embedded, d_pos, batch, seq * width, true)?;
-        // The class embedding's gradient: the class rows, summed over the batch.
-        let d_class = self.d_class.get_mut()?;
-        backend.copy_rows(d_embedded, seq * width, d_class, width, batch, width)?;
+        // The class embedding's gradient: the class rows, gathered into d_pooled, summed over the batch.
+        backend.copy_rows(d_embedded, seq * width, self.d_pooled.get_mut()?, width, batch, width)?;
         let [d_class_embedding] = params.grads_mut([self.class_embedding])?;
-        backend.sum_rows(self.d_class.get()?, d_class_embedding, batch, width, true)?;
-        // The patch rows back to the convolution's [batch, width, grid²] layout.
-        let d_patch_rows = self.d_embedded.get_mut()?;
+        backend.sum_rows(self.d_pooled.get()?, d_class_embedding, batch, width, true)?;
+        // The patch rows, gathered into d_ln_pre, back to the convolution's [batch, width, grid²] layout.
         let patch_rows = B::slice(d_embedded, width..batch * seq * width);
-        let d_patch_rows = B::slice_mut(d_patch_rows, 0..batch * grid2 * width);
-        backend.copy_rows(patch_rows, seq * width, d_patch_rows, grid2 * width, batch, grid2 * width)?;
-        let d_conv_out = self.d_patches.ensure(backend, batch * grid2 * width)?;
-        let d_patch_rows = B::slice(self.d_embedded.get()?, 0..batch * grid2 * width);
-        backend.transpose(d_patch_rows, d_conv_out, batch, grid2, width)?;
-        self.conv1.backward(backend, params, images, self.d_patches.get()?, None)
+        let scratch = B::slice_mut(self.d_ln_pre.get_mut()?, 0..batch * grid2 * width);
+        backend.copy_rows(patch_rows, seq * width, scratch, grid2 * width, batch, grid2 * width)?;
+        let d_conv = self.d_conv.ensure(backend, batch * grid2 * width)?;
+        backend.transpose(B::slice(self.d_ln_pre.get()?, 0..batch * grid2 * width), d_conv, batch, grid2, width)?;
+        self.conv1.backward(backend, params, images, self.d_conv.get()?, None)
     }
 }
