@@ -139,3 +139,19 @@ pub fn check_gradient(
         worst.0
     );
 }
+
+/// Builds a store from `pb` with generator `seed`, then moves every parameter by N(0, std²) noise from the same
+/// generator, so that no gradient check runs at the initial values (zeros, ones) where gradients can vanish.
+pub fn jittered_store<B: crate::backend::Backend>(
+    backend: &B,
+    pb: crate::params::ParamBuilder,
+    seed: u64,
+    std: f64,
+) -> crate::Result<crate::params::ParamStore<B>> {
+    let mut rng = rng(seed);
+    let mut store = pb.build(backend, &mut rng)?;
+    let jitter: Vec<f64> = normal(&mut rng, store.num_params(), std);
+    let moved: Vec<f64> = store.download_master(backend)?.iter().zip(&jitter).map(|(a, j)| a + j).collect();
+    store.set_master(backend, &moved)?;
+    Ok(store)
+}

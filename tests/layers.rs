@@ -23,12 +23,7 @@ trait Probe {
 
 /// Builds the store with every parameter drawn from N(0, 0.5²) + init, so no gradient is trivially zero.
 fn store(pb: ParamBuilder, seed: u64) -> ParamStore<Cpu> {
-    let mut rng = testing::rng(seed);
-    let mut store = pb.build(&Cpu::new(), &mut rng).unwrap();
-    let jitter: Vec<f64> = testing::normal(&mut rng, store.num_params(), 0.5);
-    let moved: Vec<f64> = store.download_master(&Cpu::new()).unwrap().iter().zip(&jitter).map(|(a, b)| a + b).collect();
-    store.set_master(&Cpu::new(), &moved).unwrap();
-    store
+    testing::jittered_store(&Cpu::new(), pb, seed, 0.5).unwrap()
 }
 
 /// Checks the input gradient and every parameter gradient of `probe` at input `x` against central differences of

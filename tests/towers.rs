@@ -12,13 +12,7 @@ use cliprt::testing::{self, check_gradient, dot};
 type Cpu = CpuBackend<f64>;
 
 fn jittered(pb: ParamBuilder, seed: u64) -> ParamStore<Cpu> {
-    let b = Cpu::new();
-    let mut rng = testing::rng(seed);
-    let mut store = pb.build(&b, &mut rng).unwrap();
-    let jitter: Vec<f64> = testing::normal(&mut rng, store.num_params(), 0.3);
-    let moved: Vec<f64> = store.download_master(&b).unwrap().iter().zip(&jitter).map(|(a, j)| a + j).collect();
-    store.set_master(&b, &moved).unwrap();
-    store
+    testing::jittered_store(&Cpu::new(), pb, seed, 0.3).unwrap()
 }
 
 fn tiny_vision() -> VisionConfig {
