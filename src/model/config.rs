@@ -83,6 +83,27 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// Reads an open_clip model-config JSON file (`{"embed_dim": …, "vision_cfg": {…}, "text_cfg": {…}}`).
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: format!("model config {}", path.display()),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|e| Error::Invalid {
+            op: "model config",
+            msg: format!("{}: {e} (expected open_clip's format: embed_dim, vision_cfg, text_cfg)", path.display()),
+        })
+    }
+
+    /// The config a command line asks for: `--model-config FILE` wins over `--model NAME`; neither gives `default`.
+    pub fn resolve(model: Option<&str>, model_config: Option<&std::path::Path>, default: &str) -> Result<Self> {
+        match (model_config, model) {
+            (Some(path), _) => Self::from_file(path),
+            (None, Some(name)) => Self::builtin(name),
+            (None, None) => Self::builtin(default),
+        }
+    }
+
     /// A built-in config by open_clip name; `-quickgelu` appended switches the nonlinearity.
     pub fn builtin(name: &str) -> Result<Self> {
         let (base, quick) = match name.strip_suffix("-quickgelu") {
