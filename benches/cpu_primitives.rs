@@ -38,6 +38,13 @@ fn layernorm(c: &mut Criterion) {
     group.bench_function("forward_4352x128", |bench| {
         bench.iter(|| b.layernorm_forward(&x, &gamma, &beta, &mut y, &mut mean, &mut rstd, rows, cols, 1e-5).unwrap())
     });
+    let dy = testing::normal::<f32>(&mut rng, rows * cols, 1.0);
+    let (mut dx, mut dgamma, mut dbeta) = (vec![0f32; rows * cols], vec![0f32; cols], vec![0f32; cols]);
+    group.bench_function("backward_4352x128", |bench| {
+        bench.iter(|| {
+            b.layernorm_backward(&dy, &x, &gamma, &mean, &rstd, &mut dx, &mut dgamma, &mut dbeta, rows, cols).unwrap()
+        })
+    });
     group.finish();
 }
 
@@ -50,6 +57,11 @@ fn attention(c: &mut Criterion) {
     let mut group = c.benchmark_group("attention");
     group.bench_function("forward_b256_s17_h2_d64", |bench| {
         bench.iter(|| b.attention_forward(&spec, &qkv, None, &mut out, &mut saved).unwrap())
+    });
+    let dout = testing::normal::<f32>(&mut rng, spec.out_len(), 1.0);
+    let mut dqkv = vec![0f32; spec.qkv_len()];
+    group.bench_function("backward_b256_s17_h2_d64", |bench| {
+        bench.iter(|| b.attention_backward(&spec, &qkv, None, &out, &saved, &dout, &mut dqkv).unwrap())
     });
     group.finish();
 }
@@ -71,6 +83,10 @@ fn conv_and_activation(c: &mut Criterion) {
     let mut hy = vec![0f32; h.len()];
     group.bench_function("gelu_forward_4352x512", |bench| {
         bench.iter(|| b.activation_forward(Activation::Gelu, &h, &mut hy).unwrap())
+    });
+    let dh = testing::normal::<f32>(&mut rng, h.len(), 1.0);
+    group.bench_function("gelu_backward_4352x512", |bench| {
+        bench.iter(|| b.activation_backward(Activation::Gelu, &h, &dh, &mut hy).unwrap())
     });
     group.finish();
 }

@@ -7,7 +7,7 @@ use crate::backend::{Activation, Backend, Ref};
 use crate::error::{Error, Result};
 use crate::model::config::TextConfig;
 use crate::model::transformer::{Transformer, TransformerInit};
-use crate::nn::{Embedding, GatherTokens, LayerNorm, Projection, Slot};
+use crate::nn::{Embedding, LayerNorm, Projection, Slot};
 use crate::params::{Init, ParamBuilder, ParamId, ParamStore};
 
 pub struct TextTransformer<B: Backend> {
@@ -16,17 +16,14 @@ pub struct TextTransformer<B: Backend> {
     pub transformer: Transformer<B>,
     pub ln_final: LayerNorm<B>,
     pub text_projection: Projection<B>,
-    pool: GatherTokens<B>,
     context: usize,
     width: usize,
     batch: usize,
     ids: Slot<B, i32>,
-    eot_index: Slot<B, i32>,
     /// Token plus positional embedding: the Transformer's input.
     embedded: Slot<B, B::Act>,
     d_pooled: Slot<B, B::Act>,
     d_ln_in: Slot<B, B::Act>,
-    d_tokens: Slot<B, B::Act>,
     d_embedded: Slot<B, B::Act>,
 }
 
@@ -49,16 +46,13 @@ impl<B: Backend> TextTransformer<B> {
             transformer,
             ln_final,
             text_projection,
-            pool: GatherTokens::default(),
             context: cfg.context_length,
             width,
             batch: 0,
             ids: Slot::default(),
-            eot_index: Slot::default(),
             embedded: Slot::default(),
             d_pooled: Slot::default(),
             d_ln_in: Slot::default(),
-            d_tokens: Slot::default(),
             d_embedded: Slot::default(),
         })
     }
@@ -87,16 +81,15 @@ impl<B: Backend> TextTransformer<B> {
             })
             .collect();
         backend.write(tokens, self.ids.ensure(backend, batch * context)?)?;
-        backend.write(&eot, self.eot_index.ensure(backend, batch)?)?;
 
         self.token_embedding.forward(backend, params, self.ids.get()?)?;
         let mut embedded = self.embedded.ensure(backend, batch * context * width)?;
         backend.copy(self.token_embedding.out()?, B::reborrow(&mut embedded))?;
         backend.add_row_vector(embedded, params.weight(self.positional_embedding), batch, context * width)?;
-        self.transformer.forward(backend, params, self.embedded.get()?, batch, context, None)?;
-        // Pool the EOT token, then ln_final and the projection (LayerNorm is per token, so pooling first is exact).
-        self.pool.forward(backend, self.transformer.out()?, self.eot_index.get()?, batch, context, width)?;
-        self.ln_final.forward(backend, params, self.pool.out()?, batch)?;
+        // Only the EOT token is read after the Transformer (LayerNorm is per token, so pooling before ln_final is
+        // exact): the last block runs for it alone.
+        self.transformer.forward_pooled(backend, params, self.embedded.get()?, batch, context, &eot)?;
+        self.ln_final.forward(backend, params, self.transformer.out()?, batch)?;
         self.text_projection.forward(backend, params, self.ln_final.out()?, batch)?;
         self.batch = batch;
         Ok(())
@@ -112,11 +105,9 @@ impl<B: Backend> TextTransformer<B> {
         let d_pooled = self.d_pooled.ensure(backend, batch * width)?;
         self.text_projection.backward(backend, params, self.ln_final.out()?, d_out, Some(d_pooled))?;
         let d_ln_in = self.d_ln_in.ensure(backend, batch * width)?;
-        self.ln_final.backward(backend, params, self.pool.out()?, self.d_pooled.get()?, d_ln_in)?;
-        let d_tokens = self.d_tokens.ensure(backend, batch * context * width)?;
-        self.pool.backward(backend, self.eot_index.get()?, self.d_ln_in.get()?, d_tokens)?;
+        self.ln_final.backward(backend, params, self.transformer.out()?, self.d_pooled.get()?, d_ln_in)?;
         let d_embedded = self.d_embedded.ensure(backend, batch * context * width)?;
-        self.transformer.backward(backend, params, self.embedded.get()?, self.d_tokens.get()?, None, d_embedded)?;
+        self.transformer.backward_pooled(backend, params, self.embedded.get()?, self.d_ln_in.get()?, d_embedded)?;
         let d_embedded = self.d_embedded.get()?;
         let [d_pos] = params.grads_mut([self.positional_embedding])?;
         backend.sum_rows(d_embedded, d_pos, batch, context * width, true)?;

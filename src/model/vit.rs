@@ -6,7 +6,7 @@ use crate::backend::{Activation, Backend, Ref};
 use crate::error::{Error, Result};
 use crate::model::config::{VisionConfig, VisionLayers};
 use crate::model::transformer::{Transformer, TransformerInit};
-use crate::nn::{Conv2dLayer, GatherTokens, LayerNorm, Projection, Slot};
+use crate::nn::{Conv2dLayer, LayerNorm, Projection, Slot};
 use crate::params::{Init, ParamBuilder, ParamId, ParamStore};
 
 pub struct VisionTransformer<B: Backend> {
@@ -17,7 +17,6 @@ pub struct VisionTransformer<B: Backend> {
     pub transformer: Transformer<B>,
     pub ln_post: LayerNorm<B>,
     pub proj: Projection<B>,
-    pool: GatherTokens<B>,
     image_size: usize,
     patch: usize,
     width: usize,
@@ -26,12 +25,10 @@ pub struct VisionTransformer<B: Backend> {
     patches: Slot<B, B::Act>,
     /// `[batch, grid²+1, width]`: class token, patch tokens, plus the positional embedding.
     tokens: Slot<B, B::Act>,
-    /// Index 0 for every image: the class token is the one pooled.
-    class_index: Slot<B, i32>,
     /// `[batch, width]` gradients: of the projection input, then of the pooled token (reused for the class rows).
     d_pooled: Slot<B, B::Act>,
     d_token: Slot<B, B::Act>,
-    /// `[batch, seq, width]` gradients: of the Transformer output, then of the embedded tokens (before ln_pre).
+    /// `[batch, seq, width]` gradient of the embedded tokens (before ln_pre).
     d_tokens: Slot<B, B::Act>,
     /// `[batch, seq, width]` gradient of ln_pre's output, then scratch for the patch rows.
     d_ln_pre: Slot<B, B::Act>,
@@ -70,14 +67,12 @@ impl<B: Backend> VisionTransformer<B> {
             transformer,
             ln_post,
             proj,
-            pool: GatherTokens::default(),
             image_size: cfg.image_size,
             patch,
             width,
             batch: 0,
             patches: Slot::default(),
             tokens: Slot::default(),
-            class_index: Slot::default(),
             d_pooled: Slot::default(),
             d_token: Slot::default(),
             d_tokens: Slot::default(),
@@ -115,12 +110,11 @@ impl<B: Backend> VisionTransformer<B> {
         backend.copy_rows(self.patches.get()?, grid2 * width, after_class, seq * width, batch, grid2 * width)?;
         backend.add_row_vector(tokens, params.weight(self.positional_embedding), batch, seq * width)?;
         self.ln_pre.forward(backend, params, self.tokens.get()?, batch * seq)?;
-        self.transformer.forward(backend, params, self.ln_pre.out()?, batch, seq, None)?;
-        // Pool the class token, then ln_post and the projection (LayerNorm is per token, so pooling first is exact).
-        let index = self.class_index.ensure(backend, batch)?;
-        backend.fill(index, 0)?;
-        self.pool.forward(backend, self.transformer.out()?, self.class_index.get()?, batch, seq, width)?;
-        self.ln_post.forward(backend, params, self.pool.out()?, batch)?;
+        // Only the class token is read after the Transformer (LayerNorm is per token, so pooling before ln_post is
+        // exact): the last block runs for it alone.
+        let class_index = vec![0i32; batch];
+        self.transformer.forward_pooled(backend, params, self.ln_pre.out()?, batch, seq, &class_index)?;
+        self.ln_post.forward(backend, params, self.transformer.out()?, batch)?;
         self.proj.forward(backend, params, self.ln_post.out()?, batch)?;
         self.batch = batch;
         Ok(())
@@ -142,13 +136,11 @@ impl<B: Backend> VisionTransformer<B> {
         let d_pooled = self.d_pooled.ensure(backend, batch * width)?;
         self.proj.backward(backend, params, self.ln_post.out()?, d_out, Some(d_pooled))?;
         let d_token = self.d_token.ensure(backend, batch * width)?;
-        self.ln_post.backward(backend, params, self.pool.out()?, self.d_pooled.get()?, d_token)?;
-        let d_tokens = self.d_tokens.ensure(backend, batch * seq * width)?;
-        self.pool.backward(backend, self.class_index.get()?, self.d_token.get()?, d_tokens)?;
+        self.ln_post.backward(backend, params, self.transformer.out()?, self.d_pooled.get()?, d_token)?;
         let d_ln_pre = self.d_ln_pre.ensure(backend, batch * seq * width)?;
-        self.transformer.backward(backend, params, self.ln_pre.out()?, self.d_tokens.get()?, None, d_ln_pre)?;
-        // From here d_tokens holds the gradient of the embedded tokens (class, patches, + positions).
-        let d_embedded = self.d_tokens.get_mut()?;
+        self.transformer.backward_pooled(backend, params, self.ln_pre.out()?, self.d_token.get()?, d_ln_pre)?;
+        // The gradient of the embedded tokens (class, patches, + positions).
+        let d_embedded = self.d_tokens.ensure(backend, batch * seq * width)?;
         self.ln_pre.backward(backend, params, self.tokens.get()?, self.d_ln_pre.get()?, d_embedded)?;
         let d_embedded = self.d_tokens.get()?;
         let [d_pos] = params.grads_mut([self.positional_embedding])?;

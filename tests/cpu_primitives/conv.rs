@@ -6,9 +6,10 @@ use cliprt::testing::{assert_close, check_gradient, dot, normal, poisoned, rng, 
 use cliprt::Error;
 
 /// Shapes `(n, c_in, h, w, c_out, kernel_h, kernel_w, stride, pad)`: 1×1 (the im2col-free path and strided), 3×3 with
-/// stride 1 and 2 and padding 0 and 1, a non-square kernel, non-square inputs, size-1 batches and channels, and a
-/// kernel as large as the padded input.
-const CONVS: [Conv2d; 10] = [
+/// stride 1 and 2 and padding 0 and 1, a non-square kernel, non-square inputs, size-1 batches and channels, a kernel
+/// as large as the padded input, ViT-style non-overlapping patches, and outputs of more than 64 pixels (one GEMM per
+/// image instead of one per group of images).
+const CONVS: [Conv2d; 13] = [
     conv_spec(1, 1, 1, 1, 1, 1, 1, 1, 0),
     conv_spec(2, 3, 5, 4, 4, 1, 1, 1, 0),
     conv_spec(2, 3, 5, 7, 2, 1, 1, 2, 0),
@@ -19,6 +20,9 @@ const CONVS: [Conv2d; 10] = [
     conv_spec(2, 2, 4, 6, 3, 2, 3, 1, 1),
     conv_spec(1, 2, 3, 3, 1, 5, 5, 1, 1),
     conv_spec(2, 4, 9, 9, 5, 3, 3, 2, 1),
+    conv_spec(3, 3, 8, 8, 4, 4, 4, 4, 0),
+    conv_spec(2, 2, 10, 9, 3, 3, 3, 1, 1),
+    conv_spec(2, 3, 9, 8, 2, 1, 1, 1, 0),
 ];
 
 #[allow(clippy::too_many_arguments)]
@@ -128,21 +132,25 @@ fn conv2d_backward_filter_grad_matches_finite_differences() {
 fn conv2d_is_bit_identical_across_thread_counts() {
     let s = seed(204);
     let mut r = rng(s);
-    let spec = Conv2d { n: 4, c_in: 16, h: 15, w: 13, c_out: 24, kernel_h: 3, kernel_w: 3, stride: 1, pad: 1 };
-    let x: Vec<f32> = normal(&mut r, spec.input_len(), 1.0);
-    let w: Vec<f32> = normal(&mut r, spec.weight_len(), 1.0);
-    let dy: Vec<f32> = normal(&mut r, spec.output_len(), 1.0);
-    let all = || {
-        let mut y = poisoned(spec.output_len());
-        let mut dx = poisoned(spec.input_len());
-        let mut dw = vec![0f32; spec.weight_len()];
-        conv::conv2d_forward(&spec, &x, &w, &mut y).unwrap();
-        conv::conv2d_backward_data(&spec, &dy, &w, &mut dx).unwrap();
-        conv::conv2d_backward_filter(&spec, &dy, &x, &mut dw).unwrap();
-        [y, dx, dw]
-    };
-    let run = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(all);
-    assert_eq!(run(1), run(3), "conv2d {spec:?} (seed {s})");
+    // One GEMM per image, and the ViT patch embedding (groups of images through one GEMM).
+    let per_image = Conv2d { n: 4, c_in: 16, h: 15, w: 13, c_out: 24, kernel_h: 3, kernel_w: 3, stride: 1, pad: 1 };
+    let patches = Conv2d { n: 64, c_in: 3, h: 32, w: 32, c_out: 40, kernel_h: 8, kernel_w: 8, stride: 8, pad: 0 };
+    for spec in [per_image, patches] {
+        let x: Vec<f32> = normal(&mut r, spec.input_len(), 1.0);
+        let w: Vec<f32> = normal(&mut r, spec.weight_len(), 1.0);
+        let dy: Vec<f32> = normal(&mut r, spec.output_len(), 1.0);
+        let all = || {
+            let mut y = poisoned(spec.output_len());
+            let mut dx = poisoned(spec.input_len());
+            let mut dw = vec![0f32; spec.weight_len()];
+            conv::conv2d_forward(&spec, &x, &w, &mut y).unwrap();
+            conv::conv2d_backward_data(&spec, &dy, &w, &mut dx).unwrap();
+            conv::conv2d_backward_filter(&spec, &dy, &x, &mut dw).unwrap();
+            [y, dx, dw]
+        };
+        let run = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(all);
+        assert_eq!(run(1), run(3), "conv2d {spec:?} (seed {s})");
+    }
 }
 
 /// Shapes `(n, c, h, w, kernel, stride, pad)`: kernel = stride = 2 (even and odd sizes, the odd edge dropped), overlapping

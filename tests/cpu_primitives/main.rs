@@ -12,3 +12,5 @@ mod matmul;
 mod nn_search;
 mod norm;
 mod optim;
+mod pooled;
+mod step;

@@ -198,6 +198,37 @@ fn add_row_vector_grad_matches_finite_differences() {
     }
 }
 
+/// Weight-gradient shapes (`dW += dYᵀ·X`: a small output, a long inner dimension), whose inner dimension is split
+/// into parts multiplied in parallel: against the triple loop, overwriting and accumulating, and bit-identical on 1
+/// and 3 threads.
+#[test]
+fn gemm_with_long_inner_dimension_matches_naive_and_thread_counts() {
+    let s = seed(108);
+    let mut r = rng(s);
+    for &(m, n, k, trans_a) in &[(5, 70, 3001, true), (16, 9, 4352, true), (30, 40, 2100, false)] {
+        for (alpha, beta) in [(1.0, 0.0), (0.5, 1.0)] {
+            let spec = Gemm { alpha, beta, ..Gemm::new(m, n, k, trans_a, false) };
+            let a: Vec<f64> = normal(&mut r, m * k, 1.0);
+            let b: Vec<f64> = normal(&mut r, k * n, 1.0);
+            let c0: Vec<f64> = normal(&mut r, m * n, 1.0);
+            let mut c = c0.clone();
+            matmul::gemm(&spec, &a, &b, &mut c).unwrap();
+            let label = format!("gemm {m}×{n}×{k} alpha {alpha} beta {beta}");
+            assert_close(&label, s, &c, &naive(&spec, &a, &b, &c0), 1e-12, 1e-12);
+            let (a32, b32): (Vec<f32>, Vec<f32>) =
+                (a.iter().map(|&v| v as f32).collect(), b.iter().map(|&v| v as f32).collect());
+            let product = || {
+                let mut c: Vec<f32> = c0.iter().map(|&v| v as f32).collect();
+                matmul::gemm(&spec, &a32, &b32, &mut c).unwrap();
+                c
+            };
+            let run =
+                |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(product);
+            assert_eq!(run(1), run(3), "{label} (seed {s})");
+        }
+    }
+}
+
 #[test]
 fn gemm_and_sum_rows_are_bit_identical_across_thread_counts() {
     let s = seed(107);

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::simd::{self, multiversion};
 use crate::backend::{Activation, Float};
 use crate::error::{check_len, Result};
 
@@ -12,16 +13,19 @@ const CHUNK: usize = 1 << 14;
 const QUICK_GELU_ALPHA: f64 = 1.702;
 
 /// `σ(x) = 1/(1 + e^{−x})`, written so that neither branch overflows.
+#[inline(always)]
 fn sigmoid<F: Float>(x: F) -> F {
+    let e = simd::exp(-x.abs());
+    let s = F::one() / (F::one() + e);
     if x >= F::zero() {
-        F::one() / (F::one() + (-x).exp())
+        s
     } else {
-        let e = x.exp();
-        e / (F::one() + e)
+        e * s
     }
 }
 
 /// `f(x)`.
+#[inline(always)]
 fn apply<F: Float>(kind: Activation, x: F) -> F {
     match kind {
         // Written so that a NaN propagates instead of turning into 0.
@@ -32,13 +36,14 @@ fn apply<F: Float>(kind: Activation, x: F) -> F {
                 x
             }
         }
-        // ½x(1 + erf(x/√2)).
-        Activation::Gelu => F::of_f64(0.5) * x * (F::one() + (x * F::of_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()),
+        // ½x(1 + erf(x/√2)) = x·Φ(x).
+        Activation::Gelu => x * simd::normal_cdf(x),
         Activation::QuickGelu => x * sigmoid(F::of_f64(QUICK_GELU_ALPHA) * x),
     }
 }
 
 /// `f'(x)`.
+#[inline(always)]
 fn derivative<F: Float>(kind: Activation, x: F) -> F {
     match kind {
         // The kink at 0 takes the left derivative, as PyTorch does.
@@ -51,9 +56,8 @@ fn derivative<F: Float>(kind: Activation, x: F) -> F {
         }
         // d/dx xΦ(x) = Φ(x) + x·φ(x), φ the standard normal density.
         Activation::Gelu => {
-            let cdf = F::of_f64(0.5) * (F::one() + (x * F::of_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
-            let pdf = F::of_f64(1.0 / (2.0 * std::f64::consts::PI).sqrt()) * (F::of_f64(-0.5) * x * x).exp();
-            cdf + x * pdf
+            let pdf = F::of_f64(1.0 / (2.0 * std::f64::consts::PI).sqrt()) * simd::exp(F::of_f64(-0.5) * x * x);
+            simd::normal_cdf(x) + x * pdf
         }
         // d/dx xσ(ax) = σ(ax) + a·x·σ(ax)(1 − σ(ax)).
         Activation::QuickGelu => {
@@ -64,13 +68,31 @@ fn derivative<F: Float>(kind: Activation, x: F) -> F {
     }
 }
 
-/// `y = f(x)`.
-pub fn forward<F: Float>(kind: Activation, x: &[F], y: &mut [F]) -> Result<()> {
-    check_len("activation_forward", "y", y.len(), x.len())?;
-    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+multiversion! {
+    /// `y = f(x)` over one chunk, the kind fixed (a constant after inlining, so the loop vectorises).
+    fn forward_chunk<F: Float>(kind: Activation, x: &[F], y: &mut [F]) {
         for (y, &x) in y.iter_mut().zip(x) {
             *y = apply(kind, x);
         }
+    }
+}
+
+multiversion! {
+    /// `dx = f'(x)·dy` over one chunk.
+    fn backward_chunk<F: Float>(kind: Activation, x: &[F], dy: &[F], dx: &mut [F]) {
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            *dx = derivative(kind, x) * dy;
+        }
+    }
+}
+
+/// `y = f(x)`.
+pub fn forward<F: Float>(kind: Activation, x: &[F], y: &mut [F]) -> Result<()> {
+    check_len("activation_forward", "y", y.len(), x.len())?;
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| match kind {
+        Activation::Relu => forward_chunk(Activation::Relu, x, y),
+        Activation::Gelu => forward_chunk(Activation::Gelu, x, y),
+        Activation::QuickGelu => forward_chunk(Activation::QuickGelu, x, y),
     });
     Ok(())
 }
@@ -79,10 +101,10 @@ pub fn forward<F: Float>(kind: Activation, x: &[F], y: &mut [F]) -> Result<()> {
 pub fn backward<F: Float>(kind: Activation, x: &[F], dy: &[F], dx: &mut [F]) -> Result<()> {
     check_len("activation_backward", "dy", dy.len(), x.len())?;
     check_len("activation_backward", "dx", dx.len(), x.len())?;
-    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(|((dx, x), dy)| {
-        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-            *dx = derivative(kind, x) * dy;
-        }
+    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(|((dx, x), dy)| match kind {
+        Activation::Relu => backward_chunk(Activation::Relu, x, dy, dx),
+        Activation::Gelu => backward_chunk(Activation::Gelu, x, dy, dx),
+        Activation::QuickGelu => backward_chunk(Activation::QuickGelu, x, dy, dx),
     });
     Ok(())
 }

@@ -1,11 +1,15 @@
 //! Multi-head scaled dot-product attention, reference form: materialised probabilities per (batch, head).
 //!
 //! The forward saves the probabilities `P [batch, heads, seq_q, seq_k]` (zeros at masked keys). Work is split over
-//! (batch, head) pairs; within a pair every sum runs in a fixed sequential order, so results do not depend on the
-//! thread count.
+//! batch items, one task each; within an item, each head's products (`Q·Kᵀ`, `P·V` and the backward's five) run as
+//! small register-tiled matrix products ([`small_gemm`]) whose sums run in a fixed order, so results do not depend
+//! on the thread count.
 
 use rayon::prelude::*;
 
+use super::matmul::gemm_strided;
+use super::simd::{self, multiversion};
+use super::small_gemm::{small_gemm, Strided, NR};
 use crate::backend::{Attention, Float};
 use crate::error::{check_len, check_min_len, Error, Result};
 
@@ -25,10 +29,6 @@ fn k_at(spec: &Attention, b: usize, j: usize, h: usize) -> usize {
 /// Start of the head-`h` slice of V for key `j` of batch `b`.
 fn v_at(spec: &Attention, b: usize, j: usize, h: usize) -> usize {
     spec.v_offset + (b * spec.seq_k + j) * spec.kv_row_stride + h * spec.head_dim
-}
-
-fn dot<F: Float>(a: &[F], b: &[F]) -> F {
-    a.iter().zip(b).map(|(&a, &b)| a * b).sum()
 }
 
 /// Checks the layout against a QKV-shaped buffer `arg` of `qkv_len` elements, and the key padding mask.
@@ -63,60 +63,118 @@ fn check_layout(
     Ok(())
 }
 
-/// Whether query `i` of batch `b` attends to key `j`: allowed by the causal rule and not padding.
-fn visible(spec: &Attention, key_padding: Option<&[u8]>, b: usize, i: usize, j: usize) -> bool {
-    spec.visible(i, j) && key_padding.is_none_or(|mask| mask[b * spec.seq_k + j] == 0)
+/// Per-task scratch of the attention kernels: a transposed K or V of one head `[head_dim, seq_k_pad]`, and the scores
+/// or their gradient for one head `[seq_q, seq_k_pad]`, padded with zero columns to a multiple of [`NR`].
+#[derive(Default)]
+struct Scratch<F> {
+    transposed: Vec<F>,
+    scores: Vec<F>,
+    /// The packed rows of A of [`small_gemm`].
+    pack: Vec<F>,
 }
 
-/// Forward of one (batch, head) pair: writes its probabilities `p [seq_q, seq_k]` and returns its output
-/// `[seq_q, head_dim]`.
-fn head_forward<F: Float>(
+impl<F: Float> Scratch<F> {
+    /// Sizes the buffers for `spec`; returns the padded key count.
+    fn fit(&mut self, spec: &Attention) -> usize {
+        let skp = spec.seq_k.div_ceil(NR) * NR;
+        self.transposed.resize(spec.head_dim * skp, F::zero());
+        self.scores.resize(spec.seq_q * skp, F::zero());
+        skp
+    }
+}
+
+/// `t [head_dim, skp] = Xᵀ` for the `seq_k` rows of one head of K or V starting at `x` (row stride `rs`); the padding
+/// columns stay zero.
+fn transpose_head<F: Float>(x: &[F], rs: usize, seq_k: usize, head_dim: usize, skp: usize, t: &mut [F]) {
+    // Row by row of t: strided loads, contiguous stores.
+    for (d, t) in t.chunks_exact_mut(skp).take(head_dim).enumerate() {
+        for (j, t) in t[..seq_k].iter_mut().enumerate() {
+            *t = x[j * rs + d];
+        }
+    }
+}
+
+/// `c = alpha·a·b` with b `[k, n]` rows at stride `b_rs` and c rows at stride `c_rs`: the register-tile kernel when
+/// n is a multiple of its tile width, else the general GEMM.
+#[allow(clippy::too_many_arguments)]
+fn product<F: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided<'_, F>,
+    b: &[F],
+    b_rs: usize,
+    c: &mut [F],
+    c_rs: usize,
+    pack: &mut Vec<F>,
+) {
+    if n.is_multiple_of(NR) {
+        small_gemm(m, n, k, a, b, b_rs, c, c_rs, F::one(), pack);
+    } else {
+        gemm_strided(m, n, k, a.data, (a.rs, a.cs), b, (b_rs, 1), c, c_rs, F::one(), F::zero());
+    }
+}
+
+/// Forward of batch item `b`, every head: writes its output rows `out [seq_q, width]` and its probabilities
+/// `p [heads, seq_q, seq_k]`. Per head: `S = scale·Q·Kᵀ` (with Kᵀ copied out, padded), the masked softmax of each
+/// row into p, then `O = P·V` (into the head's columns of out).
+#[allow(clippy::too_many_arguments)]
+fn batch_forward<F: Float>(
     spec: &Attention,
     qkv: &[F],
     key_padding: Option<&[u8]>,
     b: usize,
-    h: usize,
+    out: &mut [F],
     p: &mut [F],
-) -> Vec<F> {
-    let (sk, hd) = (spec.seq_k, spec.head_dim);
-    let scale = F::of_f64(spec.scale);
-    let mut o_all = vec![F::zero(); spec.seq_q * hd];
-    for (i, p) in p.chunks_mut(sk).enumerate() {
-        let o = &mut o_all[i * hd..(i + 1) * hd];
-        let q = &qkv[q_at(spec, b, i, h)..][..hd];
-        // Scores, −∞ at masked keys, and the softmax with the row maximum subtracted.
-        let mut max = F::neg_infinity();
-        for (j, p) in p.iter_mut().enumerate() {
-            *p = if visible(spec, key_padding, b, i, j) {
-                scale * dot(q, &qkv[k_at(spec, b, j, h)..][..hd])
-            } else {
-                F::neg_infinity()
-            };
-            max = max.max(*p);
+    scratch: &mut Scratch<F>,
+) {
+    let (sq, sk, hd, width) = (spec.seq_q, spec.seq_k, spec.head_dim, spec.width());
+    let (q_rs, kv_rs) = (spec.q_row_stride, spec.kv_row_stride);
+    let skp = scratch.fit(spec);
+    for (h, p) in p.chunks_exact_mut(sq * sk).enumerate() {
+        let (q, k, v) = (&qkv[q_at(spec, b, 0, h)..], &qkv[k_at(spec, b, 0, h)..], &qkv[v_at(spec, b, 0, h)..]);
+        transpose_head(k, kv_rs, sk, hd, skp, &mut scratch.transposed);
+        let q = Strided { data: q, rs: q_rs, cs: 1 };
+        let scale = F::of_f64(spec.scale);
+        small_gemm(sq, skp, hd, q, &scratch.transposed, skp, &mut scratch.scores, skp, scale, &mut scratch.pack);
+        for (i, (p, s)) in p.chunks_exact_mut(sk).zip(scratch.scores.chunks_exact(skp)).enumerate() {
+            p.copy_from_slice(&s[..sk]);
+            softmax_row(spec, key_padding, b, i, p);
         }
-        if max == F::neg_infinity() {
-            // No visible key: zero probabilities and a zero output row (never 0/0).
-            p.fill(F::zero());
-            continue;
-        }
-        let mut total = F::zero();
-        for p in p.iter_mut() {
-            *p = (*p - max).exp();
-            total += *p;
-        }
-        for p in p.iter_mut() {
-            *p /= total;
-        }
-        // o_i = Σ_j P_ij·v_j.
-        for (j, &p) in p.iter().enumerate() {
-            if p != F::zero() {
-                for (o, &v) in o.iter_mut().zip(&qkv[v_at(spec, b, j, h)..][..hd]) {
-                    *o += p * v;
+        let p = Strided { data: p, rs: sk, cs: 1 };
+        product(sq, hd, sk, p, v, kv_rs, &mut out[h * hd..], width, &mut scratch.pack);
+    }
+}
+
+multiversion! {
+    /// Scores → probabilities for query `i` of batch item `b`, in place: −∞ at masked keys, the maximum subtracted.
+    /// A query that sees no key gets zero probabilities (never 0/0), hence a zero output row.
+    fn softmax_row<F: Float>(spec: &Attention, key_padding: Option<&[u8]>, b: usize, i: usize, p: &mut [F]) {
+        // The causal rule hides a suffix of the keys (see `Attention::visible`), the padding mask single keys.
+        let sk = p.len();
+        let visible_end = if spec.causal { (i + sk + 1).saturating_sub(spec.seq_q).min(sk) } else { sk };
+        p[visible_end..].fill(F::neg_infinity());
+        if let Some(mask) = key_padding {
+            for (p, &masked) in p.iter_mut().zip(&mask[b * sk..(b + 1) * sk]) {
+                if masked != 0 {
+                    *p = F::neg_infinity();
                 }
             }
         }
+        let max = p.iter().fold(F::neg_infinity(), |m, &v| m.max(v));
+        if max == F::neg_infinity() {
+            p.fill(F::zero());
+            return;
+        }
+        // The exponentials in one loop (it vectorises), their sum in another (a serial chain).
+        for p in p.iter_mut() {
+            *p = simd::exp(*p - max);
+        }
+        let total = p.iter().fold(F::zero(), |t, &p| t + p);
+        for p in p.iter_mut() {
+            *p /= total;
+        }
     }
-    o_all
 }
 
 /// `out = softmax(scale·QKᵀ + masks)·V` per (batch, head); `out [batch, seq_q, heads·head_dim]`; saves P.
@@ -131,79 +189,110 @@ pub fn forward<F: Float>(
     check_layout(OP, "qkv", spec, qkv.len(), key_padding)?;
     check_len(OP, "out", out.len(), spec.out_len())?;
     check_len(OP, "saved", saved.len(), saved_len(spec))?;
-    let (heads, hd, width) = (spec.heads, spec.head_dim, spec.width());
-    let probs = spec.seq_q * spec.seq_k;
-    if probs == 0 {
-        // No query, or no key for any query: every output row is zero.
+    let probs = spec.heads * spec.seq_q * spec.seq_k;
+    let rows = spec.seq_q * spec.width();
+    if probs == 0 || rows == 0 {
+        // No query, no key or no head: every output row is zero.
         out.fill(F::zero());
         return Ok(());
     }
-    let per_head: Vec<Vec<F>> = saved
-        .par_chunks_mut(probs)
+    // One task per batch item: its output rows and its probabilities are contiguous.
+    out.par_chunks_mut(rows)
+        .zip(saved.par_chunks_mut(probs))
         .enumerate()
-        .map(|(bh, p)| head_forward(spec, qkv, key_padding, bh / heads, bh % heads, p))
-        .collect();
-    if width == 0 {
-        return Ok(());
-    }
-    // Interleave the heads into rows (b, i) of the output.
-    out.par_chunks_mut(width).enumerate().for_each(|(row, out)| {
-        let (b, i) = (row / spec.seq_q, row % spec.seq_q);
-        for (h, out) in out.chunks_mut(hd).enumerate() {
-            out.copy_from_slice(&per_head[b * heads + h][i * hd..(i + 1) * hd]);
-        }
-    });
+        .for_each_init(Scratch::default, |scratch, (b, (out, p))| {
+            batch_forward(spec, qkv, key_padding, b, out, p, scratch)
+        });
     Ok(())
 }
 
-/// Gradients `(dq [seq_q, head_dim], dk [seq_k, head_dim], dv [seq_k, head_dim])` of one (batch, head) pair:
+/// Where one batch item's gradients go: `dst`, with the head-0 start of row 0 of dQ, dK and dV and their row strides.
+struct GradRows<'a, F> {
+    dst: &'a mut [F],
+    q: usize,
+    k: usize,
+    v: usize,
+    q_rs: usize,
+    kv_rs: usize,
+}
+
+/// Gradients of batch item `b`, every head, from its probabilities `p [heads, seq_q, seq_k]` and output gradient
+/// `dout [seq_q, width]`; `ds [seq_q, seq_k]` is scratch. Per head, five small products:
 ///
 /// ```text
-/// dV_j = Σ_i P_ij·dO_i        dP_ij = ⟨dO_i, V_j⟩        dS_ij = P_ij·(dP_ij − Σ_j' P_ij'·dP_ij')
-/// dQ_i = scale·Σ_j dS_ij·K_j  dK_j = scale·Σ_i dS_ij·Q_i
+/// dP = dO·Vᵀ    dS = scale·P∘(dP − rowsum(P∘dP))    dV = Pᵀ·dO    dQ = dS·K    dK = dSᵀ·Q
 /// ```
 ///
 /// Keys with zero probability (masked) contribute nothing, so a query that sees no key gets a zero gradient.
-fn head_backward<F: Float>(
+#[allow(clippy::too_many_arguments)]
+fn batch_backward<F: Float>(
     spec: &Attention,
     qkv: &[F],
     p: &[F],
     dout: &[F],
     b: usize,
-    h: usize,
-) -> (Vec<F>, Vec<F>, Vec<F>) {
+    to: GradRows<'_, F>,
+    ds: &mut [F],
+    scratch: &mut Scratch<F>,
+) {
     let (sq, sk, hd, width) = (spec.seq_q, spec.seq_k, spec.head_dim, spec.width());
-    let scale = F::of_f64(spec.scale);
-    let mut dq = vec![F::zero(); sq * hd];
-    let mut dk = vec![F::zero(); sk * hd];
-    let mut dv = vec![F::zero(); sk * hd];
-    let mut ds = vec![F::zero(); sk];
-    for i in 0..sq {
-        let p = &p[i * sk..(i + 1) * sk];
-        let d_o = &dout[(b * sq + i) * width + h * hd..][..hd];
-        let q = &qkv[q_at(spec, b, i, h)..][..hd];
-        for (j, ds) in ds.iter_mut().enumerate() {
-            *ds = if p[j] != F::zero() { dot(d_o, &qkv[v_at(spec, b, j, h)..][..hd]) } else { F::zero() };
+    let (q_rs, kv_rs) = (spec.q_row_stride, spec.kv_row_stride);
+    if sq == 0 || sk == 0 {
+        // Nothing attends to anything: zero gradients, and no rows to read (they may lie past the end of qkv).
+        for (start, rows, rs) in [(to.q, sq, to.q_rs), (to.k, sk, to.kv_rs), (to.v, sk, to.kv_rs)] {
+            for r in 0..rows {
+                to.dst[start + r * rs..][..width].fill(F::zero());
+            }
         }
-        let inner: F = p.iter().zip(&ds).map(|(&p, &dp)| p * dp).sum();
+        return;
+    }
+    let skp = scratch.fit(spec);
+    for (h, p) in p.chunks_exact(sq * sk).enumerate() {
+        let (q, k, v) = (&qkv[q_at(spec, b, 0, h)..], &qkv[k_at(spec, b, 0, h)..], &qkv[v_at(spec, b, 0, h)..]);
+        let d_o = &dout[h * hd..];
+        transpose_head(v, kv_rs, sk, hd, skp, &mut scratch.transposed);
+        let d_o_rows = Strided { data: d_o, rs: width, cs: 1 };
+        let dp = &mut scratch.scores;
+        small_gemm(sq, skp, hd, d_o_rows, &scratch.transposed, skp, dp, skp, F::one(), &mut scratch.pack);
+        for ((p, ds), dp) in p.chunks_exact(sk).zip(ds.chunks_exact_mut(sk)).zip(scratch.scores.chunks_exact(skp)) {
+            ds.copy_from_slice(&dp[..sk]);
+            scale_softmax_grad(p, ds, F::of_f64(spec.scale));
+        }
+        // Pᵀ and dSᵀ are P and dS read with their strides swapped.
+        let (dst, at, pack) = (&mut *to.dst, h * hd, &mut scratch.pack);
+        let (p_t, ds_rows, ds_t) = (
+            Strided { data: p, rs: 1, cs: sk },
+            Strided { data: &*ds, rs: sk, cs: 1 },
+            Strided { data: &*ds, rs: 1, cs: sk },
+        );
+        product(sk, hd, sq, p_t, d_o, width, &mut dst[to.v + at..], to.kv_rs, pack);
+        product(sq, hd, sk, ds_rows, k, kv_rs, &mut dst[to.q + at..], to.q_rs, pack);
+        product(sk, hd, sq, ds_t, q, q_rs, &mut dst[to.k + at..], to.kv_rs, pack);
+    }
+}
+
+multiversion! {
+    /// `ds = scale·p∘(dp − Σ_j p_j·dp_j)` for one query row, in place (ds holds dp on entry).
+    fn scale_softmax_grad<F: Float>(p: &[F], ds: &mut [F], scale: F) {
+        let inner = simd::dot(p, ds);
         for (ds, &p) in ds.iter_mut().zip(p) {
-            *ds = p * (*ds - inner);
-        }
-        let dq_i = &mut dq[i * hd..(i + 1) * hd];
-        for (j, (&ds, &p)) in ds.iter().zip(p).enumerate() {
-            if p == F::zero() {
-                continue;
-            }
-            let k = &qkv[k_at(spec, b, j, h)..][..hd];
-            let (dk_j, dv_j) = (&mut dk[j * hd..(j + 1) * hd], &mut dv[j * hd..(j + 1) * hd]);
-            for d in 0..hd {
-                dq_i[d] += scale * ds * k[d];
-                dk_j[d] += scale * ds * q[d];
-                dv_j[d] += p * d_o[d];
-            }
+            *ds = scale * (p * (*ds - inner));
         }
     }
-    (dq, dk, dv)
+}
+
+/// Whether every batch item's Q, K and V rows lie in its own contiguous block of `seq·row_stride` elements (the
+/// packed `[B, S, 3·width]` output of a fused projection): then the gradients are written block by block in
+/// parallel.
+fn packed_blocks(spec: &Attention) -> Option<usize> {
+    let (stride, width) = (spec.q_row_stride, spec.width());
+    let fits = |offset: usize| offset + width <= stride;
+    let packed = spec.seq_q == spec.seq_k
+        && spec.kv_row_stride == stride
+        && fits(spec.q_offset)
+        && fits(spec.k_offset)
+        && fits(spec.v_offset);
+    packed.then_some(spec.seq_q * stride)
 }
 
 /// Writes dQ, dK, dV into `dqkv` at the offsets and strides of Q, K, V (overwriting them; the elements between are
@@ -224,21 +313,51 @@ pub fn backward<F: Float>(
     check_len(OP, "saved", saved.len(), saved_len(spec))?;
     check_len(OP, "dout", dout.len(), spec.out_len())?;
     check_layout(OP, "dqkv", spec, dqkv.len(), None)?;
-    let (heads, hd) = (spec.heads, spec.head_dim);
-    let probs = spec.seq_q * spec.seq_k;
-    let per_head: Vec<(Vec<F>, Vec<F>, Vec<F>)> = (0..spec.batch * heads)
-        .into_par_iter()
-        .map(|bh| head_backward(spec, qkv, &saved[bh * probs..(bh + 1) * probs], dout, bh / heads, bh % heads))
-        .collect();
-    // Scatter into the strided layout: a plain copy, done in order.
-    for (bh, (dq, dk, dv)) in per_head.iter().enumerate() {
-        let (b, h) = (bh / heads, bh % heads);
-        for i in 0..spec.seq_q {
-            dqkv[q_at(spec, b, i, h)..][..hd].copy_from_slice(&dq[i * hd..(i + 1) * hd]);
+    let (sq, sk, width) = (spec.seq_q, spec.seq_k, spec.width());
+    let probs = spec.heads * sq * sk;
+    if spec.batch == 0 || width == 0 {
+        return Ok(());
+    }
+    let (p_len, d_len) = (probs, sq * width);
+    let (saved_of, dout_of) =
+        (|b: usize| &saved[b * p_len..(b + 1) * p_len], |b: usize| &dout[b * d_len..(b + 1) * d_len]);
+    match packed_blocks(spec) {
+        Some(block) => {
+            // Each batch item's block is written in place by one task.
+            let init = || (vec![F::zero(); sq * sk], Scratch::default());
+            dqkv.par_chunks_mut(block).take(spec.batch).enumerate().for_each_init(init, |(ds, scratch), (b, dst)| {
+                let (q_rs, kv_rs) = (spec.q_row_stride, spec.kv_row_stride);
+                let to = GradRows { dst, q: spec.q_offset, k: spec.k_offset, v: spec.v_offset, q_rs, kv_rs };
+                batch_backward(spec, qkv, saved_of(b), dout_of(b), b, to, ds, scratch);
+            });
         }
-        for j in 0..spec.seq_k {
-            dqkv[k_at(spec, b, j, h)..][..hd].copy_from_slice(&dk[j * hd..(j + 1) * hd]);
-            dqkv[v_at(spec, b, j, h)..][..hd].copy_from_slice(&dv[j * hd..(j + 1) * hd]);
+        None => {
+            // A general layout: each batch item into dense `[dq | dk | dv]` rows in parallel, then scattered in order.
+            let per_batch: Vec<Vec<F>> = (0..spec.batch)
+                .into_par_iter()
+                .map(|b| {
+                    let mut dense = vec![F::zero(); (sq + 2 * sk) * width];
+                    let mut ds = vec![F::zero(); sq * sk];
+                    let (k, v) = (sq * width, (sq + sk) * width);
+                    let to = GradRows { dst: &mut dense, q: 0, k, v, q_rs: width, kv_rs: width };
+                    batch_backward(spec, qkv, saved_of(b), dout_of(b), b, to, &mut ds, &mut Scratch::default());
+                    dense
+                })
+                .collect();
+            for (b, dense) in per_batch.iter().enumerate() {
+                let (dq, rest) = dense.split_at(sq * width);
+                let (dk, dv) = rest.split_at(sk * width);
+                let rows = [(dq, spec.q_offset + b * sq * spec.q_row_stride, spec.q_row_stride)];
+                let kv = spec.kv_row_stride;
+                let rows = rows
+                    .into_iter()
+                    .chain([(dk, spec.k_offset + b * sk * kv, kv), (dv, spec.v_offset + b * sk * kv, kv)]);
+                for (dense, start, stride) in rows {
+                    for (r, row) in dense.chunks_exact(width).enumerate() {
+                        dqkv[start + r * stride..][..width].copy_from_slice(row);
+                    }
+                }
+            }
         }
     }
     Ok(())

@@ -103,7 +103,105 @@ fn col2im<F: Float>(spec: &Conv2d, col: &[F], dx: &mut [F]) {
     }
 }
 
-/// `y [n, c_out, out_h, out_w] = conv(x [n, c_in, h, w], w [c_out, c_in, kh, kw])`, images in parallel.
+/// Output pixels per image below which the images are convolved in groups by one GEMM each (the ViT patch embedding:
+/// 16 pixels of 192 values per image); above it, one GEMM per image is large enough on its own.
+const BATCHED_MAX_PIXELS: usize = 64;
+
+/// Elements of one group's transposed im2col in the batched path (4 MiB of f32): bounds the scratch whatever the
+/// batch size.
+const GROUP_ELEMS: usize = 1 << 20;
+
+/// Whether the convolution runs image groups through one GEMM each ([`conv2d_forward`]).
+fn batched(spec: &Conv2d) -> bool {
+    spec.out_h() * spec.out_w() <= BATCHED_MAX_PIXELS
+}
+
+/// Images per group of the batched path: a fixed function of the shape (the groups are part of the summation order
+/// of the filter gradient).
+fn group_images(spec: &Conv2d) -> usize {
+    let per_image = spec.out_h() * spec.out_w() * spec.c_in * spec.kernel_h * spec.kernel_w;
+    (GROUP_ELEMS / per_image.max(1)).clamp(1, spec.n.max(1))
+}
+
+/// The transposed im2col `colt [out_h·out_w, c_in·kh·kw]` of one image `x [c_in, h, w]`: one row per output pixel,
+/// holding the values under the kernel (zero in the padding) in the weight layout's order.
+fn im2col_t<F: Float>(spec: &Conv2d, x: &[F], colt: &mut [F]) {
+    let (out_w, kw) = (spec.out_w(), spec.kernel_w);
+    let kk = spec.c_in * spec.kernel_h * kw;
+    for (pixel, row) in colt.chunks_exact_mut(kk).enumerate() {
+        let (oy, ox) = (pixel / out_w, pixel % out_w);
+        // Where the window's rows start in the input, and whether they lie wholly inside it (no padding): then each
+        // is one slice copy (always so for ViT patches).
+        let x0 = (ox * spec.stride).checked_sub(spec.pad).filter(|&x0| x0 + kw <= spec.w);
+        for (ci_ki, dst) in row.chunks_exact_mut(kw).enumerate() {
+            let (ci, ki) = (ci_ki / spec.kernel_h, ci_ki % spec.kernel_h);
+            let plane = &x[ci * spec.h * spec.w..(ci + 1) * spec.h * spec.w];
+            match (input_index(oy, ki, spec.stride, spec.pad, spec.h), x0) {
+                (None, _) => dst.fill(F::zero()),
+                (Some(iy), Some(x0)) => dst.copy_from_slice(&plane[iy * spec.w + x0..][..kw]),
+                (Some(iy), None) => {
+                    for (kj, d) in dst.iter_mut().enumerate() {
+                        let ix = input_index(ox, kj, spec.stride, spec.pad, spec.w);
+                        *d = ix.map_or(F::zero(), |ix| plane[iy * spec.w + ix]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst [cols, rows] = srcᵀ` for one `src [rows, cols]`.
+fn transpose_into<F: Float>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
+    for (c, dst) in dst.chunks_exact_mut(rows).enumerate() {
+        for (r, d) in dst.iter_mut().enumerate() {
+            *d = src[r * cols + c];
+        }
+    }
+}
+
+/// The transposed im2col of a group of images `x [g, c_in, h, w]`: `colt [g·pixels, kk]`, images in parallel.
+fn group_im2col_t<F: Float>(spec: &Conv2d, x: &[F], colt: &mut [F]) {
+    let (in_len, per_image) =
+        (spec.c_in * spec.h * spec.w, spec.out_h() * spec.out_w() * spec.c_in * spec.kernel_h * spec.kernel_w);
+    colt.par_chunks_mut(per_image).zip(x.par_chunks(in_len)).for_each(|(colt, x)| im2col_t(spec, x, colt));
+}
+
+/// Batched forward: per group, `Yᵀ [g·pixels, c_out] = colt · Wᵀ` in one GEMM, then each image's `[pixels, c_out]`
+/// transposed into its NCHW output.
+fn conv2d_forward_batched<F: Float>(spec: &Conv2d, x: &[F], w: &[F], y: &mut [F]) {
+    let (in_len, out_len) = (spec.c_in * spec.h * spec.w, spec.c_out * spec.out_h() * spec.out_w());
+    let (kk, p, g) = (spec.c_in * spec.kernel_h * spec.kernel_w, spec.out_h() * spec.out_w(), group_images(spec));
+    let mut colt = vec![F::zero(); g * p * kk];
+    let mut yt = vec![F::zero(); g * out_len];
+    for (x, y) in x.chunks(g * in_len).zip(y.chunks_mut(g * out_len)) {
+        let images = x.len() / in_len;
+        let (colt, yt) = (&mut colt[..images * p * kk], &mut yt[..images * out_len]);
+        group_im2col_t(spec, x, colt);
+        gemm_single(images * p, spec.c_out, kk, colt, false, w, true, yt, F::one(), F::zero());
+        y.par_chunks_mut(out_len).zip(yt.par_chunks(out_len)).for_each(|(y, yt)| transpose_into(yt, p, spec.c_out, y));
+    }
+}
+
+/// Batched filter gradient: per group in order, `dW += dYᵀ·colt` with `dYᵀ [g·pixels, c_out]` (each image's output
+/// gradient transposed) — one GEMM per group.
+fn conv2d_backward_filter_batched<F: Float>(spec: &Conv2d, dy: &[F], x: &[F], dw: &mut [F]) {
+    let (in_len, out_len) = (spec.c_in * spec.h * spec.w, spec.c_out * spec.out_h() * spec.out_w());
+    let (kk, p, g) = (spec.c_in * spec.kernel_h * spec.kernel_w, spec.out_h() * spec.out_w(), group_images(spec));
+    let mut colt = vec![F::zero(); g * p * kk];
+    let mut dyt = vec![F::zero(); g * out_len];
+    for (x, dy) in x.chunks(g * in_len).zip(dy.chunks(g * out_len)) {
+        let images = x.len() / in_len;
+        let (colt, dyt) = (&mut colt[..images * p * kk], &mut dyt[..images * out_len]);
+        group_im2col_t(spec, x, colt);
+        dyt.par_chunks_mut(out_len)
+            .zip(dy.par_chunks(out_len))
+            .for_each(|(dyt, dy)| transpose_into(dy, spec.c_out, p, dyt));
+        gemm_single(spec.c_out, kk, images * p, dyt, true, colt, false, dw, F::one(), F::one());
+    }
+}
+
+/// `y [n, c_out, out_h, out_w] = conv(x [n, c_in, h, w], w [c_out, c_in, kh, kw])`, images in parallel (small outputs:
+/// groups of images through one GEMM each).
 pub fn conv2d_forward<F: Float>(spec: &Conv2d, x: &[F], w: &[F], y: &mut [F]) -> Result<()> {
     check_conv("conv2d_forward", spec)?;
     check_len("conv2d_forward", "x", x.len(), spec.input_len())?;
@@ -113,6 +211,10 @@ pub fn conv2d_forward<F: Float>(spec: &Conv2d, x: &[F], w: &[F], y: &mut [F]) ->
     let (kk, p) = (spec.c_in * spec.kernel_h * spec.kernel_w, spec.out_h() * spec.out_w());
     let col_len = if is_pointwise(spec) { 0 } else { kk * p };
     if y.is_empty() {
+        return Ok(());
+    }
+    if batched(spec) {
+        conv2d_forward_batched(spec, x, w, y);
         return Ok(());
     }
     y.par_chunks_mut(out_len).enumerate().for_each_init(
@@ -158,8 +260,8 @@ pub fn conv2d_backward_data<F: Float>(spec: &Conv2d, dy: &[F], w: &[F], dx: &mut
     Ok(())
 }
 
-/// `dw += ∂L/∂w = Σ_i dy_i · col_iᵀ`, added image after image so that the sum runs in a fixed order (each product is
-/// split over threads inside the GEMM when it is large).
+/// `dw += ∂L/∂w = Σ_i dy_i · col_iᵀ`, added image after image (or group after group in the batched path) so that
+/// the sum runs in a fixed order (each product is split over threads inside the GEMM when it is large).
 pub fn conv2d_backward_filter<F: Float>(spec: &Conv2d, dy: &[F], x: &[F], dw: &mut [F]) -> Result<()> {
     check_conv("conv2d_backward_filter", spec)?;
     check_len("conv2d_backward_filter", "dy", dy.len(), spec.output_len())?;
@@ -167,6 +269,10 @@ pub fn conv2d_backward_filter<F: Float>(spec: &Conv2d, dy: &[F], x: &[F], dw: &m
     check_len("conv2d_backward_filter", "dw", dw.len(), spec.weight_len())?;
     let (in_len, out_len) = (spec.c_in * spec.h * spec.w, spec.c_out * spec.out_h() * spec.out_w());
     let (kk, p) = (spec.c_in * spec.kernel_h * spec.kernel_w, spec.out_h() * spec.out_w());
+    if batched(spec) {
+        conv2d_backward_filter_batched(spec, dy, x, dw);
+        return Ok(());
+    }
     let mut col = vec![F::zero(); if is_pointwise(spec) { 0 } else { kk * p }];
     for i in 0..spec.n {
         let x = &x[i * in_len..(i + 1) * in_len];

@@ -2,19 +2,37 @@
 
 use rayon::prelude::*;
 
+use super::matmul::gemm_single;
+use super::simd::{self, multiversion};
 use crate::backend::{ClipLoss, Float};
 use crate::error::{check_len, Error, Result};
 
 /// `F.normalize`'s floor on the norm.
 const NORM_EPS: f64 = 1e-12;
 
-/// `ln Σ exp(v)` with the maximum subtracted first, so no term overflows; `−∞` for no values (or all `−∞`).
-fn log_sum_exp<F: Float>(values: impl Iterator<Item = F> + Clone) -> F {
-    let max = values.clone().fold(F::neg_infinity(), |m, v| m.max(v));
-    if max == F::neg_infinity() {
-        return max;
+multiversion! {
+    /// `ln Σ exp(v)` with the maximum subtracted first, so no term overflows; `−∞` for no values (or all `−∞`).
+    fn log_sum_exp<F: Float>(values: &[F]) -> F {
+        let max = values.iter().fold(F::neg_infinity(), |m, &v| m.max(v));
+        if max == F::neg_infinity() {
+            return max;
+        }
+        let mut total = F::zero();
+        for &v in values {
+            total += simd::exp(v - max);
+        }
+        max + total.ln()
     }
-    max + values.map(|v| (v - max).exp()).sum::<F>().ln()
+}
+
+multiversion! {
+    /// `d_j = scale·(e^{x_j − lse} − target_j)` for one row, `target_j = on` at `t`, `off` elsewhere.
+    fn softmax_minus_target<F: Float>(x: &[F], lse: F, t: usize, on: F, off: F, scale: F, d: &mut [F]) {
+        for (j, (d, &x)) in d.iter_mut().zip(x).enumerate() {
+            let target = if j == t { on } else { off };
+            *d = scale * (simd::exp(x - lse) - target);
+        }
+    }
 }
 
 fn check_smoothing(op: &'static str, label_smoothing: f64) -> Result<()> {
@@ -71,7 +89,7 @@ pub fn cross_entropy_forward<F: Float>(
     let inv_classes = F::of_f64(1.0 / classes as f64);
     losses.par_iter_mut().zip(lse.par_iter_mut()).zip(logits.par_chunks(classes)).zip(targets.par_iter()).for_each(
         |(((loss, lse), x), &t)| {
-            let l = log_sum_exp(x.iter().copied());
+            let l = log_sum_exp(x);
             *lse = l;
             *loss = if t == ignore_index {
                 F::zero()
@@ -124,10 +142,7 @@ pub fn cross_entropy_backward<F: Float>(
                 d.fill(F::zero());
                 return;
             }
-            for (j, (d, &x)) in d.iter_mut().zip(x).enumerate() {
-                let target = if j == t as usize { on } else { off };
-                *d = scale * ((x - l).exp() - target);
-            }
+            softmax_minus_target(x, l, t as usize, on, off, scale, d);
         });
     Ok(())
 }
@@ -182,15 +197,22 @@ fn normalize_backward_row<F: Float>(dxh: &[F], xh: &[F], norm: F, dx: &mut [F]) 
     }
 }
 
-/// `Λ = s·Î·T̂ᵀ` as a row-major `n×n` matrix.
+/// `Λ = s·Î·T̂ᵀ` as a row-major `n×n` matrix (one GEMM).
 fn clip_logits<F: Float>(image_hat: &[F], text_hat: &[F], n: usize, dim: usize, s: F) -> Vec<F> {
     let mut logits = vec![F::zero(); n * n];
-    logits.par_chunks_mut(n).zip(image_hat.par_chunks(dim)).for_each(|(row, a)| {
-        for (l, b) in row.iter_mut().zip(text_hat.chunks(dim)) {
-            *l = s * a.iter().zip(b).map(|(&a, &b)| a * b).sum::<F>();
+    gemm_single(n, n, dim, image_hat, false, text_hat, true, &mut logits, s, F::zero());
+    logits
+}
+
+/// The `n×n` transpose of `m` (the column statistics are then row statistics, read contiguously).
+fn transposed<F: Float>(m: &[F], n: usize) -> Vec<F> {
+    let mut t = vec![F::zero(); n * n];
+    t.par_chunks_mut(n).enumerate().for_each(|(j, row)| {
+        for (i, t) in row.iter_mut().enumerate() {
+            *t = m[i * n + j];
         }
     });
-    logits
+    t
 }
 
 /// SPEC §1.1: `L = ½[CE_rows(Λ) + CE_rows(Λᵀ)]`, `Λ = exp(t)·Î·T̂ᵀ`, diagonal targets smoothed to `(1−ε)·onehot + ε/n`.
@@ -216,16 +238,11 @@ pub fn clip_loss_forward<F: Float>(
 
     // (lse, mean) of each row (image → text) and each column (text → image).
     let inv_n = F::of_f64(1.0 / n as f64);
-    let row_stats: Vec<(F, F)> = logits
+    let row_stats: Vec<(F, F)> =
+        logits.par_chunks(n).map(|row| (log_sum_exp(row), row.iter().copied().sum::<F>() * inv_n)).collect();
+    let col_stats: Vec<(F, F)> = transposed(&logits, n)
         .par_chunks(n)
-        .map(|row| (log_sum_exp(row.iter().copied()), row.iter().copied().sum::<F>() * inv_n))
-        .collect();
-    let col_stats: Vec<(F, F)> = (0..n)
-        .into_par_iter()
-        .map(|j| {
-            let column = (0..n).map(|i| logits[i * n + j]);
-            (log_sum_exp(column.clone()), column.sum::<F>() * inv_n)
-        })
+        .map(|column| (log_sum_exp(column), column.iter().copied().sum::<F>() * inv_n))
         .collect();
 
     // Smoothed CE of row i: (1−ε)(lse − Λ_ii) + ε(lse − mean); likewise of column i. Summed in order.
@@ -249,6 +266,18 @@ pub fn clip_loss_forward<F: Float>(
     saved_image_norms.copy_from_slice(&image_norms);
     saved_text_norms.copy_from_slice(&text_norms);
     Ok(())
+}
+
+multiversion! {
+    /// Row i of `G = scale·(P + Q − 2·Y)`: `g_j = scale·(e^{Λ_ij − row_lse_i} + e^{Λ_ij − col_lse_j} − 2·y_ij)` with
+    /// `y_ij = on` on the diagonal, `off` elsewhere (`consts = [on, off, 2, scale]`).
+    fn clip_grad_row<F: Float>(l: &[F], row_lse: F, col_lse: &[F], i: usize, consts: [F; 4], g: &mut [F]) {
+        let [on, off, two, scale] = consts;
+        for (j, ((g, &l), &col_lse)) in g.iter_mut().zip(l).zip(col_lse).enumerate() {
+            let target = if i == j { on } else { off };
+            *g = scale * (simd::exp(l - row_lse) + simd::exp(l - col_lse) - two * target);
+        }
+    }
 }
 
 /// Gradients of `dloss·L`: `dimage`, `dtext` overwritten, `dlog_scale` accumulated.
@@ -290,10 +319,7 @@ pub fn clip_loss_backward<F: Float>(
     let two = F::of_f64(2.0);
     let mut grad = vec![F::zero(); n * n];
     grad.par_chunks_mut(n).zip(logits.par_chunks(n)).enumerate().for_each(|(i, (g, l))| {
-        for (j, (g, &l)) in g.iter_mut().zip(l).enumerate() {
-            let target = if i == j { on } else { off };
-            *g = scale * ((l - row_lse[i]).exp() + (l - col_lse[j]).exp() - two * target);
-        }
+        clip_grad_row(l, row_lse[i], col_lse, i, [on, off, two, scale], g);
     });
 
     // dt: per-row partial sums, then added in row order (the same bits whatever the thread count).
@@ -304,27 +330,19 @@ pub fn clip_loss_backward<F: Float>(
         .collect();
     dlog_scale[0] += partials.iter().copied().sum::<F>();
 
-    // dÎ_i = s·Σ_j G_ij·T̂_j, then through the normalisation of image row i.
-    dimage.par_chunks_mut(dim).enumerate().for_each(|(i, dx)| {
-        let mut dxh = vec![F::zero(); dim];
-        for (j, t) in text_hat.chunks(dim).enumerate() {
-            let g = s * grad[i * n + j];
-            for (d, &t) in dxh.iter_mut().zip(t) {
-                *d += g * t;
-            }
-        }
-        normalize_backward_row(&dxh, &image_hat[i * dim..(i + 1) * dim], image_norms[i], dx);
-    });
-    // dT̂_j = s·Σ_i G_ij·Î_i, then through the normalisation of text row j.
-    dtext.par_chunks_mut(dim).enumerate().for_each(|(j, dx)| {
-        let mut dxh = vec![F::zero(); dim];
-        for (i, a) in image_hat.chunks(dim).enumerate() {
-            let g = s * grad[i * n + j];
-            for (d, &a) in dxh.iter_mut().zip(a) {
-                *d += g * a;
-            }
-        }
-        normalize_backward_row(&dxh, &text_hat[j * dim..(j + 1) * dim], text_norms[j], dx);
-    });
+    // dÎ = s·G·T̂ and dT̂ = s·Gᵀ·Î (two GEMMs), then back through each row's normalisation.
+    let mut d_image_hat = vec![F::zero(); n * dim];
+    gemm_single(n, dim, n, &grad, false, &text_hat, false, &mut d_image_hat, s, F::zero());
+    let mut d_text_hat = vec![F::zero(); n * dim];
+    gemm_single(n, dim, n, &grad, true, &image_hat, false, &mut d_text_hat, s, F::zero());
+    for (dx, dxh, xh, norms) in
+        [(dimage, &d_image_hat, &image_hat, image_norms), (dtext, &d_text_hat, &text_hat, text_norms)]
+    {
+        dx.par_chunks_mut(dim)
+            .zip(dxh.par_chunks(dim))
+            .zip(xh.par_chunks(dim))
+            .zip(norms.par_iter())
+            .for_each(|(((dx, dxh), xh), &norm)| normalize_backward_row(dxh, xh, norm, dx));
+    }
     Ok(())
 }

@@ -16,16 +16,23 @@ pub mod matmul;
 pub mod nn_search;
 pub mod norm;
 pub mod optim;
+pub mod simd;
+pub mod small_gemm;
 
 use std::marker::PhantomData;
 use std::ops::Range;
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 use super::{
     Activation, AdamW, Attention, Backend, BatchNorm, ClipLoss, Conv2d, DecaySegment, Elem, Float, Gemm, Pool2d,
 };
 use crate::error::{check_len, Result};
+
+/// Elements per task of the whole-buffer fills and copies (256 KiB of f32): large enough that small buffers stay on
+/// one thread.
+const PARALLEL_COPY_CHUNK: usize = 1 << 16;
 
 /// The CPU reference backend computing in `F` (f32 or f64).
 #[derive(Clone, Copy, Debug, Default)]
@@ -65,12 +72,16 @@ impl<F: Float> Backend for CpuBackend<F> {
         Ok(())
     }
     fn fill<T: Elem>(&self, dst: &mut [T], value: T) -> Result<()> {
-        dst.fill(value);
+        // Split over threads: zeroing the gradients (one buffer as large as the model) is limited by one core's
+        // store bandwidth otherwise.
+        dst.par_chunks_mut(PARALLEL_COPY_CHUNK).for_each(|dst| dst.fill(value));
         Ok(())
     }
     fn copy<T: Elem>(&self, src: &[T], dst: &mut [T]) -> Result<()> {
         check_len("copy", "dst", dst.len(), src.len())?;
-        dst.copy_from_slice(src);
+        dst.par_chunks_mut(PARALLEL_COPY_CHUNK)
+            .zip(src.par_chunks(PARALLEL_COPY_CHUNK))
+            .for_each(|(d, s)| d.copy_from_slice(s));
         Ok(())
     }
     fn synchronize(&self) -> Result<()> {
@@ -415,15 +426,8 @@ impl<F: Float> Backend for CpuBackend<F> {
         v: &mut [F],
         shadow: Option<&mut [F]>,
     ) -> Result<()> {
-        if let Some(shadow) = &shadow {
-            check_len("adamw_update", "shadow", shadow.len(), params.len())?;
-        }
-        optim::adamw_update(hp, segments, params, grads, m, v)?;
-        if let Some(shadow) = shadow {
-            // The CPU computes in the master dtype, so the compute copy is the master itself.
-            shadow.copy_from_slice(params);
-        }
-        Ok(())
+        // The CPU computes in the master dtype, so the compute copy is the master itself, written in the same pass.
+        optim::adamw_update_with_shadow(hp, segments, params, grads, m, v, shadow)
     }
     fn sum_squares(&self, x: &[F]) -> Result<f64> {
         Ok(elementwise::sum_squares(x))

@@ -1,15 +1,18 @@
 //! LayerNorm, BatchNorm (train and eval) and row L2 normalisation.
 //!
-//! Statistics are computed in `F` with two passes (mean, then the mean of squared deviations), each a sequential sum
-//! over one row or channel; rows, channels or planes run in parallel, so results do not depend on the thread count.
+//! Statistics are computed in `F` with two passes (mean, then the mean of squared deviations), each a sum in an order
+//! fixed by the shape (lane-wise for LayerNorm's rows, sequential for a BatchNorm channel); rows, channels or planes
+//! run in parallel, so results do not depend on the thread count.
 
 use rayon::prelude::*;
 
+use super::simd::{self, multiversion};
 use crate::backend::{BatchNorm, Float};
 use crate::error::{check_len, Error, Result};
 
-/// Rows per task of the column reductions (LayerNorm's dgamma/dbeta).
-const COLUMN_CHUNK: usize = 64;
+/// Rows per task of LayerNorm. Fixed (never derived from the thread count): the backward's column sums are formed per
+/// block of this many rows, so the block size is part of the summation order.
+const ROW_BLOCK: usize = 32;
 
 /// Mean and biased variance of `values`, two-pass.
 fn mean_var<F: Float>(values: impl Iterator<Item = F> + Clone, count: usize) -> (F, F) {
@@ -17,6 +20,35 @@ fn mean_var<F: Float>(values: impl Iterator<Item = F> + Clone, count: usize) -> 
     let mean = values.clone().fold(F::zero(), |s, v| s + v) / n;
     let var = values.fold(F::zero(), |s, v| s + (v - mean) * (v - mean)) / n;
     (mean, var)
+}
+
+multiversion! {
+    /// LayerNorm of `ROW_BLOCK` (or fewer) rows; see [`layernorm_forward`].
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_rows<F: Float>(
+        x: &[F],
+        gamma: &[F],
+        beta: &[F],
+        y: &mut [F],
+        mean: &mut [F],
+        rstd: &mut [F],
+        cols: usize,
+        eps: F,
+    ) {
+        let n = F::of_f64(cols as f64);
+        for (((x, y), mean), rstd) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)).zip(mean).zip(rstd) {
+            // Two passes: the mean, then the mean squared deviation (each a lane-wise sum).
+            let mu = simd::sum(x) / n;
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x - mu;
+            }
+            let r = F::one() / (simd::dot(y, y) / n + eps).sqrt();
+            for ((y, &g), &b) in y.iter_mut().zip(gamma).zip(beta) {
+                *y = *y * r * g + b;
+            }
+            (*mean, *rstd) = (mu, r);
+        }
+    }
 }
 
 /// LayerNorm over the last axis of `x [rows, cols]`: `y = (x − mean)·rstd·gamma + beta` with
@@ -47,21 +79,59 @@ pub fn layernorm_forward<F: Float>(
         return Err(Error::Invalid { op: OP, msg: "rows of 0 columns have no mean".into() });
     }
     let eps = F::of_f64(eps);
-    (x.par_chunks(cols), y.par_chunks_mut(cols), mean.par_iter_mut(), rstd.par_iter_mut()).into_par_iter().for_each(
-        |(x, y, mean, rstd)| {
-            let (mu, var) = mean_var(x.iter().copied(), cols);
-            let r = F::one() / (var + eps).sqrt();
-            for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-                *y = (x - mu) * r * g + b;
-            }
-            (*mean, *rstd) = (mu, r);
-        },
-    );
+    let block = ROW_BLOCK * cols;
+    (x.par_chunks(block), y.par_chunks_mut(block), mean.par_chunks_mut(ROW_BLOCK), rstd.par_chunks_mut(ROW_BLOCK))
+        .into_par_iter()
+        .for_each(|(x, y, mean, rstd)| layernorm_rows(x, gamma, beta, y, mean, rstd, cols, eps));
     Ok(())
 }
 
+multiversion! {
+    /// LayerNorm backward of `ROW_BLOCK` (or fewer) rows: writes their `dx` and their partial column sums
+    /// `partial = [Σ dy·x̂ (cols) | Σ dy (cols) | scratch (cols)]`, rows added in order.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward_rows<F: Float>(
+        dy: &[F],
+        x: &[F],
+        gamma: &[F],
+        mean: &[F],
+        rstd: &[F],
+        dx: &mut [F],
+        partial: &mut [F],
+        cols: usize,
+    ) {
+        let n = F::of_f64(cols as f64);
+        let (sum_gamma, rest) = partial.split_at_mut(cols);
+        let (sum_beta, g) = rest.split_at_mut(cols);
+        sum_gamma.fill(F::zero());
+        sum_beta.fill(F::zero());
+        let rows = dy.chunks_exact(cols).zip(x.chunks_exact(cols)).zip(dx.chunks_exact_mut(cols));
+        for (((dy, x), dx), (&mu, &r)) in rows.zip(mean.iter().zip(rstd)) {
+            // dx holds x̂ first, then the gradient; g = dy·gamma.
+            for ((((xh, &x), &dy), (sg, sb)), (g, &gamma)) in dx
+                .iter_mut()
+                .zip(x)
+                .zip(dy)
+                .zip(sum_gamma.iter_mut().zip(sum_beta.iter_mut()))
+                .zip(g.iter_mut().zip(gamma))
+            {
+                *xh = (x - mu) * r;
+                *sg = dy.mul_add(*xh, *sg);
+                *sb += dy;
+                *g = dy * gamma;
+            }
+            let mean_g = simd::sum(g) / n;
+            let mean_gx = simd::dot(g, dx) / n;
+            for (dx, &g) in dx.iter_mut().zip(&*g) {
+                *dx = r * (g - mean_g - *dx * mean_gx);
+            }
+        }
+    }
+}
+
 /// With `x̂ = (x − mean)·rstd` and `g = dy·gamma`: `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` per row (overwritten),
-/// `dgamma += Σ_rows dy·x̂`, `dbeta += Σ_rows dy` (each column summed over the rows in order).
+/// `dgamma += Σ_rows dy·x̂`, `dbeta += Σ_rows dy`. The column sums are formed per block of ROW_BLOCK rows (rows in
+/// order) and the blocks' sums added in block order: the same bits whatever the thread count.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward<F: Float>(
     dy: &[F],
@@ -87,41 +157,34 @@ pub fn layernorm_backward<F: Float>(
     if rows == 0 || cols == 0 {
         return Ok(());
     }
-    let n = F::of_f64(cols as f64);
-    (dx.par_chunks_mut(cols), dy.par_chunks(cols), x.par_chunks(cols), mean, rstd).into_par_iter().for_each(
-        |(dx, dy, x, &mu, &r)| {
-            let xhat = |j: usize| (x[j] - mu) * r;
-            let mut mean_g = F::zero();
-            let mut mean_gx = F::zero();
-            for j in 0..cols {
-                let g = dy[j] * gamma[j];
-                mean_g += g;
-                mean_gx += g * xhat(j);
-            }
-            (mean_g, mean_gx) = (mean_g / n, mean_gx / n);
-            for (j, dx) in dx.iter_mut().enumerate() {
-                *dx = r * (dy[j] * gamma[j] - mean_g - xhat(j) * mean_gx);
-            }
-        },
-    );
-    // Parameter gradients: threads split the columns, each column is summed over the rows in order.
-    (dgamma.par_chunks_mut(COLUMN_CHUNK), dbeta.par_chunks_mut(COLUMN_CHUNK)).into_par_iter().enumerate().for_each(
-        |(chunk, (dgamma, dbeta))| {
-            let c0 = chunk * COLUMN_CHUNK;
-            let mut sum_gamma = vec![F::zero(); dgamma.len()];
-            let mut sum_beta = vec![F::zero(); dbeta.len()];
-            for r in 0..rows {
-                for (j, (sg, sb)) in sum_gamma.iter_mut().zip(&mut sum_beta).enumerate() {
-                    let i = r * cols + c0 + j;
-                    *sg += dy[i] * (x[i] - mean[r]) * rstd[r];
-                    *sb += dy[i];
-                }
-            }
-            dgamma.iter_mut().zip(sum_gamma).for_each(|(d, s)| *d += s);
-            dbeta.iter_mut().zip(sum_beta).for_each(|(d, s)| *d += s);
-        },
-    );
+    let block = ROW_BLOCK * cols;
+    let mut partials = vec![F::zero(); rows.div_ceil(ROW_BLOCK) * 3 * cols];
+    (
+        dy.par_chunks(block),
+        x.par_chunks(block),
+        mean.par_chunks(ROW_BLOCK),
+        rstd.par_chunks(ROW_BLOCK),
+        dx.par_chunks_mut(block),
+        partials.par_chunks_mut(3 * cols),
+    )
+        .into_par_iter()
+        .for_each(|(dy, x, mean, rstd, dx, partial)| {
+            layernorm_backward_rows(dy, x, gamma, mean, rstd, dx, partial, cols)
+        });
+    add_partials(&partials, dgamma, dbeta);
     Ok(())
+}
+
+/// `dgamma += Σ_blocks partial[..cols]`, `dbeta += Σ_blocks partial[cols..2·cols]`, blocks in order: each total is formed
+/// first and then added, so accumulating gives `old + (the sum)`.
+fn add_partials<F: Float>(partials: &[F], dgamma: &mut [F], dbeta: &mut [F]) {
+    let cols = dgamma.len();
+    let mut total = vec![F::zero(); 2 * cols];
+    for partial in partials.chunks_exact(3 * cols) {
+        total.iter_mut().zip(partial).for_each(|(t, &p)| *t += p);
+    }
+    dgamma.iter_mut().zip(&total[..cols]).for_each(|(d, &t)| *d += t);
+    dbeta.iter_mut().zip(&total[cols..]).for_each(|(d, &t)| *d += t);
 }
 
 /// Checks the lengths shared by the BatchNorm functions; `None` parameters (affine=False) are not checked.

@@ -2,11 +2,43 @@
 
 use rayon::prelude::*;
 
+use super::simd::multiversion;
 use crate::backend::{AdamW, DecaySegment, Float};
 use crate::error::{check_len, Error, Result};
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
+
+/// The per-element constants of one AdamW step over one segment.
+#[derive(Clone, Copy)]
+struct Step<F> {
+    /// `1 − lr·wd` where the segment decays, else 1.
+    shrink: F,
+    beta1: F,
+    beta2: F,
+    one_minus_beta1: F,
+    one_minus_beta2: F,
+    bias2_sqrt: F,
+    eps: F,
+    step_size: F,
+}
+
+multiversion! {
+    /// The update of one chunk; `shadow` (empty, or as long as `p`) receives the new weights.
+    fn adamw_chunk<F: Float>(s: &Step<F>, p: &mut [F], m: &mut [F], v: &mut [F], g: &[F], shadow: &mut [F]) {
+        for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            // Decoupled decay first, on the weights before the Adam step.
+            *p *= s.shrink;
+            *m = s.beta1 * *m + s.one_minus_beta1 * g;
+            *v = s.beta2 * *v + s.one_minus_beta2 * g * g;
+            let denom = v.sqrt() / s.bias2_sqrt + s.eps;
+            *p -= s.step_size * *m / denom;
+        }
+        if !shadow.is_empty() {
+            shadow.copy_from_slice(p);
+        }
+    }
+}
 
 /// One step of PyTorch's `torch.optim.AdamW` at step `hp.step` (1-based), element by element:
 ///
@@ -27,11 +59,27 @@ pub fn adamw_update<F: Float>(
     m: &mut [F],
     v: &mut [F],
 ) -> Result<()> {
+    adamw_update_with_shadow(hp, segments, params, grads, m, v, None)
+}
+
+/// [`adamw_update`], also writing the updated weights into `shadow` (the compute copy) in the same pass.
+pub fn adamw_update_with_shadow<F: Float>(
+    hp: &AdamW,
+    segments: &[DecaySegment],
+    params: &mut [F],
+    grads: &[F],
+    m: &mut [F],
+    v: &mut [F],
+    shadow: Option<&mut [F]>,
+) -> Result<()> {
     const OP: &str = "adamw_update";
     let n = params.len();
     check_len(OP, "grads", grads.len(), n)?;
     check_len(OP, "m", m.len(), n)?;
     check_len(OP, "v", v.len(), n)?;
+    if let Some(shadow) = &shadow {
+        check_len(OP, "shadow", shadow.len(), n)?;
+    }
     if hp.step == 0 {
         return Err(Error::Invalid { op: OP, msg: "step is 1-based, got 0".into() });
     }
@@ -58,24 +106,23 @@ pub fn adamw_update<F: Float>(
     let (beta1, beta2, eps) = (F::of_f64(hp.beta1), F::of_f64(hp.beta2), F::of_f64(hp.eps));
     let (one_minus_beta1, one_minus_beta2) = (F::of_f64(1.0 - hp.beta1), F::of_f64(1.0 - hp.beta2));
 
+    let step = Step { shrink: F::one(), beta1, beta2, one_minus_beta1, one_minus_beta2, bias2_sqrt, eps, step_size };
+    let mut shadow = shadow;
     for seg in segments {
         let range = seg.start..seg.start + seg.len;
         let shrink = F::of_f64(if seg.decay { 1.0 - hp.lr * hp.weight_decay } else { 1.0 });
-        params[range.clone()]
-            .par_chunks_mut(CHUNK)
-            .zip(m[range.clone()].par_chunks_mut(CHUNK))
-            .zip(v[range.clone()].par_chunks_mut(CHUNK))
-            .zip(grads[range].par_chunks(CHUNK))
-            .for_each(|(((p, m), v), g)| {
-                for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
-                    // Decoupled decay first, on the weights before the Adam step.
-                    *p *= shrink;
-                    *m = beta1 * *m + one_minus_beta1 * g;
-                    *v = beta2 * *v + one_minus_beta2 * g * g;
-                    let denom = v.sqrt() / bias2_sqrt + eps;
-                    *p -= step_size * *m / denom;
-                }
-            });
+        let step = Step { shrink, ..step };
+        let (p, m, v, g) =
+            (&mut params[range.clone()], &mut m[range.clone()], &mut v[range.clone()], &grads[range.clone()]);
+        match shadow.as_deref_mut() {
+            Some(shadow) => (p.par_chunks_mut(CHUNK), m.par_chunks_mut(CHUNK), v.par_chunks_mut(CHUNK))
+                .into_par_iter()
+                .zip(g.par_chunks(CHUNK).zip(shadow[range].par_chunks_mut(CHUNK)))
+                .for_each(|((p, m, v), (g, shadow))| adamw_chunk(&step, p, m, v, g, shadow)),
+            None => (p.par_chunks_mut(CHUNK), m.par_chunks_mut(CHUNK), v.par_chunks_mut(CHUNK), g.par_chunks(CHUNK))
+                .into_par_iter()
+                .for_each(|(p, m, v, g)| adamw_chunk(&step, p, m, v, g, &mut [])),
+        }
     }
     Ok(())
 }
