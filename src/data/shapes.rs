@@ -308,21 +308,21 @@ pub fn class_of(label: usize) -> Option<(Colour, Shape)> {
     (label < NUM_CLASSES).then(|| (Colour::ALL[label / Shape::ALL.len()], Shape::ALL[label % Shape::ALL.len()]))
 }
 
-/// The 35 zero-shot class names, "red circle", "red square", …, indexed by label.
+/// The zero-shot class names, one per line, in label order (`colour_index * 5 + shape_index`): the data file is the
+/// one source of truth, embedded in the binary.
+pub const CLASSNAMES_FILE: &str = include_str!("../../data/zeroshot/shapes_classnames.txt");
+/// The zero-shot prompt templates, one per line, `{}` standing for the class name.
+pub const TEMPLATES_FILE: &str = include_str!("../../data/zeroshot/shapes_templates.txt");
+
+/// The 35 zero-shot class names, "red circle", "red square", …, indexed by label (read from [`CLASSNAMES_FILE`]).
 pub fn classes() -> Vec<String> {
-    Colour::ALL.iter().flat_map(|c| Shape::ALL.iter().map(move |s| format!("{} {}", c.name(), s.name()))).collect()
+    crate::data::list_lines(CLASSNAMES_FILE).into_iter().map(str::to_string).collect()
 }
 
-/// Zero-shot prompt templates; `{}` stands for the class name (see [`prompt`]).
+/// Zero-shot prompt templates; `{}` stands for the class name (see [`prompt`]); read from [`TEMPLATES_FILE`].
 pub fn templates() -> &'static [&'static str] {
-    &[
-        "a photo of a {}.",
-        "a {}.",
-        "a picture of a {}.",
-        "there is a {}.",
-        "a photo of a small {}.",
-        "a photo of a large {}.",
-    ]
+    static TEMPLATES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    TEMPLATES.get_or_init(|| crate::data::list_lines(TEMPLATES_FILE))
 }
 
 /// A template with its `{}` replaced by the class name, and "a {}" made "an {}" before a vowel ("a photo of an
