@@ -3,6 +3,8 @@
     CLIPRT_EXPORT_DIR=/tmp/export cargo test --release --test open_clip_parity open_clip_export
     python scripts/check_open_clip_load.py /tmp/export      # needs torch, open_clip_torch, safetensors
 
+    python scripts/check_open_clip_load.py --run runs/<name>   # every checkpoint a `cliprt train` run wrote
+
 Exits non-zero when a file does not load strictly or an embedding differs by more than 1e-4 relative.
 """
 
@@ -36,7 +38,27 @@ def check(directory, kind):
     return worst <= 1e-4
 
 
+def check_run(directory):
+    """Strict load of every model file of a `cliprt train` output folder, with its model_config.json."""
+    cfg = json.load(open(os.path.join(directory, "model_config.json")))
+    model = CLIP(
+        embed_dim=cfg["embed_dim"],
+        vision_cfg=CLIPVisionCfg(**cfg["vision_cfg"]),
+        text_cfg=CLIPTextCfg(**cfg["text_cfg"]),
+        quick_gelu=cfg.get("quick_gelu", False),
+    )
+    files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors") and not f.endswith(".train.safetensors"))
+    for f in files:
+        model.load_state_dict(load_file(os.path.join(directory, f)), strict=True)
+        print(f"{f}: strict load ok, logit scale {model.logit_scale.exp().item():.4f}")
+    return bool(files)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--run":
+        ok = check_run(sys.argv[2])
+        print("strict load of every checkpoint:", "ok" if ok else "NO CHECKPOINTS")
+        sys.exit(0 if ok else 1)
     directory = sys.argv[1]
     ok = all([check(directory, kind) for kind in ["vit", "resnet"]])
     print("strict load and embeddings:", "ok" if ok else "MISMATCH")

@@ -20,6 +20,22 @@ enum Command {
     /// Tokenize with open_clip's CLIP BPE tokenizer: one text per line on stdin, one JSON array of ids per line on
     /// stdout ([SOT, tokens…, EOT, 0…], `--context-length` ids; too long: truncated with EOT last).
     Tokenize(TokenizeArgs),
+    /// Train a CLIP model. With no options: the tiny ViT CLIP on the embedded shapes set for a fixed number of steps,
+    /// ending with its zero-shot accuracy on the held-out split. Writes log.jsonl, checkpoints, summary.json and
+    /// curves.png to --out.
+    Train(Box<cliprt::train::config::TrainArgs>),
+    /// Evaluate a checkpoint: zero-shot top-1/top-5 with prompt ensembles, retrieval recall@1/5/10, linear probe, on
+    /// the shapes set or a folder of images (one sub-folder per class).
+    Eval(Box<cliprt::eval::cli::EvalArgs>),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Samples/s of one full training step (forward, loss, backward, AdamW).
+    TrainStep(cliprt::bench::TrainStepArgs),
 }
 
 #[derive(Args, Debug)]
@@ -42,9 +58,41 @@ struct TokenizeArgs {
     declip: bool,
 }
 
+/// Prints a command's error the same way everywhere: `cliprt <command>: <message>`, exit status 1.
+fn fail(command: &str, e: cliprt::Error) -> ExitCode {
+    eprintln!("cliprt {command}: {e}");
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Train(args) => match cliprt::train::run(&args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail("train", e),
+        },
+        Command::Eval(args) => match cliprt::eval::cli::run(&args) {
+            Ok(report) => {
+                if args.json {
+                    println!("{}", report.to_json());
+                } else {
+                    print!("{}", report.to_text());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("eval", e),
+        },
+        Command::Bench(BenchCommand::TrainStep(args)) => match cliprt::bench::train_step(&args) {
+            Ok(report) => {
+                if args.json {
+                    println!("{}", report.to_json());
+                } else {
+                    print!("{}", report.to_text());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("bench train-step", e),
+        },
         Command::Doctor(args) => {
             let report = cliprt::doctor::report();
             if args.json {
@@ -61,10 +109,7 @@ fn main() -> ExitCode {
             let out = std::io::BufWriter::new(stdout.lock());
             match tokenize_lines(tokenizer, std::io::stdin().lock(), out, args.context_length, !args.no_truncate) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("cliprt tokenize: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail("tokenize", e),
             }
         }
     }

@@ -309,6 +309,57 @@ impl<B: Backend> ParamStore<B> {
         )
     }
 
+    /// The AdamW moments `(m, v)` on the host, `None` before the first step (checkpoint sidecars).
+    pub fn download_adam_moments(&self, backend: &B) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+        match (&self.adam_m, &self.adam_v) {
+            (Some(m), Some(v)) => {
+                let host = |x| -> Result<Vec<f64>> {
+                    Ok(backend.download(B::view(x))?.into_iter().map(Elem::to_real).collect())
+                };
+                Ok(Some((host(m)?, host(v)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Restores the AdamW moments (resuming a run).
+    pub fn set_adam_moments(&mut self, backend: &B, m: &[f64], v: &[f64]) -> Result<()> {
+        crate::error::check_len("ParamStore::set_adam_moments", "m", m.len(), self.layout.len())?;
+        crate::error::check_len("ParamStore::set_adam_moments", "v", v.len(), self.layout.len())?;
+        let up = |x: &[f64]| backend.upload(&x.iter().map(|&x| B::Master::from_real(x)).collect::<Vec<_>>());
+        self.adam_m = Some(up(m)?);
+        self.adam_v = Some(up(v)?);
+        Ok(())
+    }
+
+    /// L2 norm of the whole gradient buffer (one reduction).
+    pub fn grad_norm(&self, backend: &B) -> Result<f64> {
+        Ok(backend.sum_squares(B::view(&self.grads))?.sqrt())
+    }
+
+    /// `grads *= alpha` (gradient clipping).
+    pub fn scale_grads(&mut self, backend: &B, alpha: f64) -> Result<()> {
+        backend.scale_master(alpha, B::view_mut(&mut self.grads))
+    }
+
+    /// Clamps every value of one tensor's master weights to `[lo, hi]` and refreshes its compute copy (open_clip
+    /// clamps the logit scale to `[0, ln 100]` after each step); returns the tensor's values after clamping.
+    pub fn clamp_master(&mut self, backend: &B, id: ParamId, lo: f64, hi: f64) -> Result<Vec<f64>> {
+        let values: Vec<f64> =
+            backend.download(B::slice(B::view(&self.master), id.range()))?.into_iter().map(Elem::to_real).collect();
+        if values.iter().all(|&x| (lo..=hi).contains(&x)) {
+            return Ok(values);
+        }
+        let clamped: Vec<f64> = values.iter().map(|&x| x.clamp(lo, hi)).collect();
+        let host: Vec<B::Master> = clamped.iter().map(|&x| B::Master::from_real(x)).collect();
+        backend.write(&host, B::slice_mut(B::view_mut(&mut self.master), id.range()))?;
+        backend.master_to_act(
+            B::slice(B::view(&self.master), id.range()),
+            B::slice_mut(B::view_mut(&mut self.weights), id.range()),
+        )?;
+        Ok(clamped)
+    }
+
     /// Splits the gradient buffer into writable views of the given tensors (which must not overlap), in the order
     /// asked: a layer's backward takes its `dW` and `db` at once.
     pub fn grads_mut<const N: usize>(&mut self, ids: [ParamId; N]) -> Result<MasterViews<'_, B, N>> {

@@ -74,6 +74,9 @@ pub struct Clip<B: Backend> {
     loss_saved: Slot<B, B::Master>,
     d_image: Slot<B, B::Act>,
     d_text: Slot<B, B::Act>,
+    /// Gradient accumulation: every micro-batch's features, computed first (SPEC: open_clip `--accum-freq`).
+    cached_image: Slot<B, B::Act>,
+    cached_text: Slot<B, B::Act>,
 }
 
 /// `ln(1/0.07)`: CLIP's initial log temperature.
@@ -104,6 +107,8 @@ impl<B: Backend> Clip<B> {
             loss_saved: Slot::default(),
             d_image: Slot::default(),
             d_text: Slot::default(),
+            cached_image: Slot::default(),
+            cached_text: Slot::default(),
         })
     }
 
@@ -178,6 +183,88 @@ impl<B: Backend> Clip<B> {
         backend.clip_loss_backward(&spec, image, text, log_scale, saved, 1.0, d_image, d_text, d_log_scale)?;
         self.visual.backward(backend, params, images, self.d_image.get()?)?;
         self.text.backward(backend, params, self.d_text.get()?)
+    }
+
+    /// Loss and gradients of one training step over `batch` pairs computed in `accum` micro-batches of
+    /// `batch / accum` (open_clip's `--accum-freq`): the gradient is the full-batch gradient, every micro-batch
+    /// seeing all `batch - 1` negatives, while tower activations are only ever held for one micro-batch.
+    ///
+    /// Summing the gradients of per-micro-batch losses would be a different objective (each micro-batch would see only
+    /// its own negatives), so, as open_clip: (1) both towers encode every micro-batch with no activations kept for
+    /// backward, the features cached; (2) the loss over the cached `batch × batch` similarities gives the gradient of
+    /// every feature row; (3) each micro-batch is encoded again, now keeping activations, and its towers' backward
+    /// runs on its rows of that gradient. The re-encoding reproduces the cached features exactly (same weights, same
+    /// inputs, deterministic kernels), so this is the same as open_clip's per-micro-batch loss recomputation for the
+    /// towers. One difference: open_clip back-propagates the loss `accum` times through `logit_scale` and so sums
+    /// `accum` copies of its gradient; here it is added once, so every gradient equals the full-batch one.
+    /// BatchNorm (ResNet) statistics are per micro-batch and updated in both passes, as in open_clip.
+    /// `accum == 1` is [`Clip::forward_loss`] then [`Clip::backward`].
+    pub fn forward_backward(
+        &mut self,
+        backend: &B,
+        params: &mut ParamStore<B>,
+        images: Ref<'_, B, B::Act>,
+        tokens: &[i32],
+        batch: usize,
+        accum: usize,
+    ) -> Result<f64> {
+        if accum == 0 || batch == 0 || !batch.is_multiple_of(accum) {
+            return Err(Error::Invalid {
+                op: "Clip::forward_backward",
+                msg: format!(
+                    "batch {batch} cannot be split into {accum} equal micro-batches; use an accumulation count that \
+                     divides the batch size"
+                ),
+            });
+        }
+        if accum == 1 {
+            let loss = self.forward_loss(backend, params, images, tokens, batch)?;
+            self.backward(backend, params, images)?;
+            return Ok(loss);
+        }
+        let micro = batch / accum;
+        let dim = self.config.embed_dim;
+        let side = self.config.vision_cfg.image_size;
+        let image_len = 3 * side * side;
+        crate::error::check_len("Clip::forward_backward", "images", B::len(images), batch * image_len)?;
+        let context = self.text.context_length();
+        crate::error::check_len("Clip::forward_backward", "tokens", tokens.len(), batch * context)?;
+        let image_rows = |j: usize| B::slice(images, j * micro * image_len..(j + 1) * micro * image_len);
+        let token_rows = |j: usize| &tokens[j * micro * context..(j + 1) * micro * context];
+        let feature_rows = |j: usize| j * micro * dim..(j + 1) * micro * dim;
+
+        // (1) Features of every micro-batch.
+        self.cached_image.ensure(backend, batch * dim)?;
+        self.cached_text.ensure(backend, batch * dim)?;
+        for j in 0..accum {
+            self.visual.forward(backend, params, image_rows(j), micro)?;
+            backend.copy(self.visual.out()?, B::slice_mut(self.cached_image.get_mut()?, feature_rows(j)))?;
+            self.text.forward(backend, params, token_rows(j), micro)?;
+            backend.copy(self.text.out()?, B::slice_mut(self.cached_text.get_mut()?, feature_rows(j)))?;
+        }
+
+        // (2) The loss over the whole batch and the gradient of every feature row (and of the logit scale, once).
+        let spec = self.loss_spec(batch);
+        let loss = self.loss.ensure(backend, 1)?;
+        let saved = self.loss_saved.ensure(backend, backend.clip_loss_saved_len(&spec))?;
+        let (image, text) = (self.cached_image.get()?, self.cached_text.get()?);
+        backend.clip_loss_forward(&spec, image, text, params.master_weight(self.logit_scale), loss, saved)?;
+        let d_image = self.d_image.ensure(backend, batch * dim)?;
+        let d_text = self.d_text.ensure(backend, batch * dim)?;
+        let saved = self.loss_saved.get()?;
+        let (master, [d_log_scale]) = params.master_and_grads([self.logit_scale])?;
+        let log_scale = B::slice(master, self.logit_scale.range());
+        backend.clip_loss_backward(&spec, image, text, log_scale, saved, 1.0, d_image, d_text, d_log_scale)?;
+
+        // (3) Each micro-batch again, with activations, and its share of the gradient through both towers.
+        for j in 0..accum {
+            self.visual.forward(backend, params, image_rows(j), micro)?;
+            self.visual.backward(backend, params, image_rows(j), B::slice(self.d_image.get()?, feature_rows(j)))?;
+            self.text.forward(backend, params, token_rows(j), micro)?;
+            self.text.backward(backend, params, B::slice(self.d_text.get()?, feature_rows(j)))?;
+        }
+        self.batch = 0;
+        Ok(backend.download(self.loss.get()?)?[0].to_real())
     }
 
     /// The integer entries of the state dict: each BatchNorm's `num_batches_tracked` (ResNet only).

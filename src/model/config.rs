@@ -85,10 +85,8 @@ impl ModelConfig {
 
     /// Reads an open_clip model-config JSON file (`{"embed_dim": …, "vision_cfg": {…}, "text_cfg": {…}}`).
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: format!("model config {}", path.display()),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::Io { path: format!("model config {}", path.display()), source })?;
         Self::from_json(&text).map_err(|e| Error::Invalid {
             op: "model config",
             msg: format!("{}: {e} (expected open_clip's format: embed_dim, vision_cfg, text_cfg)", path.display()),
