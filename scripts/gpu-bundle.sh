@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds what a lent GPU machine runs (it has CUDA, PyTorch and cuDNN but no Rust) into the git-ignored folder
-# bundle/: the release `cliprt` binary, the GPU test executable (tests/gpu.rs), the bench executables, and run.sh.
+# bundle/: the release `cliprt` binary, the GPU test executable (tests/gpu/), the bench executables, and run.sh.
 # Everything is stripped; the bundle must stay under 64 MiB (what the device tool carries).
 #
 #   bash scripts/gpu-bundle.sh            # then, with the device tool: carry ["bundle"], command "bash bundle/run.sh"
@@ -49,7 +49,7 @@ echo "gpu-bundle: building the GPU test executable"
 tests=$(cargo test --release --no-run --test gpu --message-format=json | artifacts)
 gpu_test=$(printf '%s\n' "$tests" | awk '$1 == "test" && $2 == "gpu" { print $3 }' | tail -n 1)
 if [ -z "$gpu_test" ]; then
-  echo "gpu-bundle: cargo did not report the tests/gpu.rs executable" >&2
+  echo "gpu-bundle: cargo did not report the tests/gpu/ executable" >&2
   exit 1
 fi
 cp "$gpu_test" "$bundle/tests/gpu"

@@ -6,11 +6,16 @@
 //! [`Error::CudaUnavailable`](crate::Error::CudaUnavailable), never a panic.
 
 pub mod activation;
+pub mod blas;
 pub mod device;
 pub mod elementwise;
+pub mod embedding;
 pub mod launch;
 pub mod libs;
 pub mod modules;
+pub mod norm;
+pub mod optim;
+pub mod softmax;
 
 pub use device::{context, driver_version, CudaDevice, DeviceInfo};
 pub use launch::KernelFloat;

@@ -5,14 +5,20 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 
-use super::{activation, elementwise};
+use super::{activation, elementwise, embedding, norm, optim, softmax};
 use crate::error::{Error, Result};
 use crate::kernels;
 
 /// Every kernel module the launchers use, with the `extern "C"` kernels each must contain. Loading checks them all,
 /// so a kernel renamed in a .cu file fails at load time (and in `cliprt doctor`), not at its first launch.
-pub const MODULE_KERNELS: &[(&str, &[&str])] =
-    &[("activation", activation::KERNELS), ("elementwise", elementwise::KERNELS)];
+pub const MODULE_KERNELS: &[(&str, &[&str])] = &[
+    ("activation", activation::KERNELS),
+    ("elementwise", elementwise::KERNELS),
+    ("embedding", embedding::KERNELS),
+    ("norm", norm::KERNELS),
+    ("optim", optim::KERNELS),
+    ("softmax", softmax::KERNELS),
+];
 
 /// The kernels a module must contain (empty for a module no launcher uses yet).
 pub fn expected_kernels(module: &str) -> &'static [&'static str] {

@@ -1,5 +1,6 @@
 //! GPU tests: every CUDA kernel against the CPU reference, plus detection and `cliprt doctor` on whatever machine this
-//! runs on. All GPU tests live in this ONE integration-test binary (it is what travels to a lent GPU machine).
+//! runs on. All GPU tests live in this ONE integration-test binary (tests/gpu/: this file and one module per kernel
+//! family; it is what travels to a lent GPU machine).
 //!
 //! Without a GPU each kernel test prints `skipped: no CUDA device: <reason>` and passes without testing anything, so
 //! `cargo test --release` is the same command everywhere. Filter with `gpu_cast`, `gpu_elementwise`,
@@ -8,6 +9,12 @@
 //! Inputs are fresh seeded random draws (the seed is in every failure message; `CLIPRT_TEST_SEED` replays another),
 //! outputs are filled with NaN before each launch, and sizes include 1, odd sizes and 2^20 + 3 (which exercises the
 //! packed path, its scalar tail and a grid smaller than the work).
+
+mod embedding;
+mod gemm;
+mod norm;
+mod optim;
+mod softmax;
 
 use std::sync::OnceLock;
 

@@ -1,0 +1,1 @@
+//! GEMMs through cuBLASLt for the `Gemm` descriptor (issue #5).

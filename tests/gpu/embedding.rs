@@ -1,0 +1,1 @@
+//! GPU parity tests of `kernels/embedding.cu` against the CPU reference.

@@ -1,0 +1,1 @@
+//! GPU parity tests of the cuBLASLt GEMMs against the CPU reference.

@@ -1,0 +1,1 @@
+//! GPU parity tests of `kernels/norm.cu` against the CPU reference.

@@ -1,0 +1,1 @@
+//! GPU parity tests of `kernels/optim.cu` against the CPU reference.

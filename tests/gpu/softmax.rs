@@ -1,0 +1,1 @@
+//! GPU parity tests of `kernels/softmax.cu` against the CPU reference.
