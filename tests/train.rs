@@ -238,6 +238,9 @@ fn bad_settings_are_clear_errors() {
     let err = run_err(TrainArgs { device: Some("tpu".into()), ..TrainArgs::default() });
     assert!(err.contains("tpu"), "{err}");
 
+    let err = run_err(TrainArgs { steps: Some(5), epochs: Some(1.0), ..TrainArgs::default() });
+    assert!(err.contains("--steps and --epochs"), "{err}");
+
     let toml = dir.join("bad.toml");
     std::fs::write(&toml, "batch_size = 64\nlearning_rate = 0.1\n").unwrap();
     let err = run_err(TrainArgs { config: Some(toml.clone()), ..TrainArgs::default() });

@@ -154,7 +154,11 @@ impl TrainConfig {
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad(format!("weight_decay {} must be ≥ 0", self.weight_decay));
         }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) || self.eps.is_nan() || self.eps <= 0.0 {
+        if !(0.0..1.0).contains(&self.beta1)
+            || !(0.0..1.0).contains(&self.beta2)
+            || self.eps.is_nan()
+            || self.eps <= 0.0
+        {
             return bad("AdamW needs 0 ≤ beta1, beta2 < 1 and eps > 0".into());
         }
         if let Some(c) = self.grad_clip_norm {
@@ -288,7 +292,13 @@ impl TrainArgs {
         if self.model.is_some() && self.model_config.is_none() {
             c.model_config = None;
         }
-        // --steps and --epochs on the command line replace whichever the file gave.
+        // --steps and --epochs on the command line replace whichever the file gave; both at once is ambiguous.
+        if self.steps.is_some() && self.epochs.is_some() {
+            return Err(Error::Invalid {
+                op: "training config",
+                msg: "both --steps and --epochs are given; give one of them".into(),
+            });
+        }
         if let Some(steps) = self.steps {
             (c.steps, c.epochs) = (Some(steps), None);
         }
