@@ -114,7 +114,11 @@ fn preview(names: &[&str]) -> String {
 
 /// Writes `dict` as safetensors to `path` atomically (a temp file in the same folder, then a rename).
 pub fn save_safetensors(path: &Path, dict: &StateDict) -> Result<()> {
-    let io = |source| Error::Io { path: path.display().to_string(), source };
+    write_atomic(path, &serialize_safetensors(dict)?)
+}
+
+/// The safetensors bytes of `dict` (to write the same model to several files, serialise once).
+pub fn serialize_safetensors(dict: &StateDict) -> Result<Vec<u8>> {
     let bytes: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = dict
         .iter()
         .map(|(name, (shape, data))| match data {
@@ -130,15 +134,29 @@ pub fn save_safetensors(path: &Path, dict: &StateDict) -> Result<()> {
                 .map_err(|e| Error::Invalid { op: "save safetensors", msg: format!("`{name}`: {e}") })
         })
         .collect::<Result<Vec<_>>>()?;
-    let serialized = safetensors::serialize(views, None)
-        .map_err(|e| Error::Invalid { op: "save safetensors", msg: e.to_string() })?;
+    safetensors::serialize(views, None).map_err(|e| Error::Invalid { op: "save safetensors", msg: e.to_string() })
+}
+
+/// Writes `bytes` to `path` atomically: a hidden temp file in the same folder (`.<name>.<pid>.tmp`, so the rename
+/// never crosses file systems), synced, then renamed over `path`. A reader never sees half a file and an old file
+/// survives a failed write; the temp file is removed when anything fails. Every file cliprt writes goes through here.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, serialized).map_err(|e| Error::Io { path: tmp.display().to_string(), source: e })?;
-    std::fs::rename(&tmp, path).map_err(|e| {
+    let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    // Name the file the caller asked for, and the temp file that actually failed.
+    let io_tmp = |source| Error::Io { path: format!("{} (via {})", path.display(), tmp.display()), source };
+    let written = std::fs::File::create(&tmp).map_err(io_tmp).and_then(|mut file| {
+        file.write_all(bytes).map_err(io_tmp)?;
+        file.sync_all().map_err(io_tmp)
+    });
+    let renamed = written.and_then(|()| {
+        std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.display().to_string(), source })
+    });
+    if renamed.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
+    }
+    renamed
 }
 
 /// Reads a safetensors file into a state dict; float tensors of any precision become f32, integers int64.

@@ -5,7 +5,6 @@
 //! would pull in a second, older `image`). Text is rendered from an embedded subset of DejaVu Sans
 //! (`data/fonts/`, see its LICENSE), so a plot needs no system fonts and looks the same on every machine.
 
-use std::io::Write;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -23,8 +22,8 @@ const FONT: &[u8] = include_bytes!("../data/fonts/DejaVuSans-subset.ttf");
 const LOSS_COLOUR: RGBColor = RGBColor(31, 119, 180);
 const ACCURACY_COLOUR: RGBColor = RGBColor(214, 39, 40);
 
-/// Writes the training curves to `path` as a [`PLOT_WIDTH`]×[`PLOT_HEIGHT`] PNG, atomically: the image goes to
-/// `<path>.tmp` in the same folder first and is renamed over `path` once complete, so a reader never sees half a
+/// Writes the training curves to `path` as a [`PLOT_WIDTH`]×[`PLOT_HEIGHT`] PNG, atomically: the image goes to a
+/// temp file in the same folder first and is renamed over `path` once complete ([`crate::checkpoint::write_atomic`]), so a reader never sees half a
 /// file and an old plot survives a failed write.
 ///
 /// `loss` is (step, loss) per logged step; non-finite losses (a diverged step) are skipped and counted in the panel
@@ -48,26 +47,7 @@ pub fn write_training_plot(path: &Path, loss: &[(u64, f64)], accuracy: &[(u64, f
                 source: std::io::Error::other(format!("encoding the training plot as PNG: {e}")),
             })?;
     }
-    write_atomically(path, &png)
-}
-
-/// `<path>.tmp`, then a rename: the temp file is in the same folder, so the rename does not cross file systems.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp_name);
-    let io_tmp = |source| Error::Io { path: tmp.display().to_string(), source };
-    let written = std::fs::File::create(&tmp).map_err(io_tmp).and_then(|mut file| {
-        file.write_all(bytes).map_err(io_tmp)?;
-        file.sync_all().map_err(io_tmp)
-    });
-    let renamed = written.and_then(|()| {
-        std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.display().to_string(), source })
-    });
-    if renamed.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    renamed
+    crate::checkpoint::write_atomic(path, &png)
 }
 
 /// Registers the embedded font as plotters' "sans-serif" (the family its axis labels default to), once.

@@ -54,7 +54,7 @@ impl StepLog {
                 body.push_str(&serde_json::to_string(r).expect("plain record"));
                 body.push('\n');
             }
-            crate::train::state::write_atomic(&path, body.as_bytes())?;
+            crate::checkpoint::write_atomic(&path, body.as_bytes())?;
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
         Ok((StepLog { path, file }, kept))

@@ -200,7 +200,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
             None => (0, DataPosition::default(), 0.0),
         };
         let json = serde_json::to_vec_pretty(&model_config).expect("plain config");
-        state::write_atomic(&out.join("model_config.json"), &json)?;
+        crate::checkpoint::write_atomic(&out.join("model_config.json"), &json)?;
         let shapes = ShapesConfig {
             resolution: model_config.vision_cfg.image_size,
             train_size: config.train_size,
@@ -319,7 +319,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
             out: self.out.clone(),
         };
         let json = serde_json::to_vec_pretty(&summary).expect("plain summary");
-        state::write_atomic(&self.out.join("summary.json"), &json)?;
+        crate::checkpoint::write_atomic(&self.out.join("summary.json"), &json)?;
         println!(
             "zero-shot on {} held-out shapes images ({} classes): top-1 {top1:.3}, top-5 {top5:.3}",
             self.config.held_out_size,

@@ -54,17 +54,6 @@ fn state_file(step: u64) -> String {
     format!("checkpoint-{step}.json")
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same folder, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.display().to_string(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Io { path: path.display().to_string(), source }
-    })
-}
-
 /// Saves the model, its optimiser sidecar and the state JSON for `state.step`, then `last.safetensors`.
 pub fn save<B: Backend>(
     dir: &Path,
@@ -75,14 +64,15 @@ pub fn save<B: Backend>(
 ) -> Result<PathBuf> {
     state.model_file = model_file(state.step);
     state.optimizer_file = optimizer_file(state.step);
-    let dict = model.state_dict(backend, store)?;
+    // The model file and last.safetensors hold the same bytes: serialise once.
+    let model_bytes = checkpoint::serialize_safetensors(&model.state_dict(backend, store)?)?;
     let model_path = dir.join(&state.model_file);
-    checkpoint::save_safetensors(&model_path, &dict)?;
+    checkpoint::write_atomic(&model_path, &model_bytes)?;
     checkpoint::save_safetensors(&dir.join(&state.optimizer_file), &optimizer_dict(backend, store)?)?;
     let json =
         serde_json::to_vec_pretty(state).map_err(|e| Error::Invalid { op: "save train state", msg: e.to_string() })?;
-    write_atomic(&dir.join(state_file(state.step)), &json)?;
-    checkpoint::save_safetensors(&dir.join("last.safetensors"), &dict)?;
+    checkpoint::write_atomic(&dir.join(state_file(state.step)), &json)?;
+    checkpoint::write_atomic(&dir.join("last.safetensors"), &model_bytes)?;
     Ok(model_path)
 }
 
