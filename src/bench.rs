@@ -118,7 +118,7 @@ impl TrainStepReport {
 
 /// Runs the benchmark the arguments describe.
 pub fn train_step(args: &TrainStepArgs) -> Result<TrainStepReport> {
-    let device_note = resolve_device(&args.device)?;
+    let device_note = crate::device::select(&args.device)?.gpu_note;
     if args.batch == 0 || args.steps == 0 {
         return Err(Error::Invalid { op: "bench train-step", msg: "--batch and --steps must be at least 1".into() });
     }
@@ -137,25 +137,6 @@ pub fn train_step(args: &TrainStepArgs) -> Result<TrainStepReport> {
     }
     let pool = pool.build().map_err(|e| Error::Invalid { op: "bench train-step", msg: format!("thread pool: {e}") })?;
     pool.install(|| run_cpu(args, &cfg, model_name, device_note))
-}
-
-/// The CUDA backend cannot train yet, so `cuda` is refused and `auto` runs on the CPU; returns the note `auto`
-/// adds to the device name when a GPU was there but not used.
-fn resolve_device(device: &str) -> Result<Option<String>> {
-    const NO_TRAINING: &str = "the CUDA backend does not implement the training primitives yet (issue #5)";
-    match device {
-        "cpu" => Ok(None),
-        "cuda" => Err(Error::Invalid {
-            op: "bench train-step",
-            msg: format!("--device cuda: {NO_TRAINING}; use --device cpu"),
-        }),
-        "auto" => Ok(crate::backend::cuda::device::context()
-            .is_ok()
-            .then(|| format!("a GPU was found, but {NO_TRAINING}: fell back to the CPU"))),
-        other => {
-            Err(Error::Invalid { op: "bench train-step", msg: format!("--device {other}: expected auto, cpu or cuda") })
-        }
-    }
 }
 
 /// Random inputs shaped like real ones: images N(0, 1) `[batch, 3, size, size]`, and per row SOT, 0 to context−2
@@ -266,12 +247,5 @@ mod tests {
             assert!(row[1..eot].iter().all(|&t| (0..49406).contains(&t)));
             assert!(row[eot + 1..].iter().all(|&t| t == 0));
         }
-    }
-
-    #[test]
-    fn cuda_is_refused_with_the_reason() {
-        let err = resolve_device("cuda").unwrap_err().to_string();
-        assert!(err.contains("issue #5"), "{err}");
-        assert!(resolve_device("tpu").is_err());
     }
 }

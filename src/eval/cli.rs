@@ -154,21 +154,6 @@ impl EvalReport {
     }
 }
 
-/// The backend `--device` names; `auto` is the CPU until the CUDA backend runs the model (issue #5).
-fn resolve_device(device: &str) -> Result<()> {
-    match device {
-        "auto" | "cpu" => Ok(()),
-        d if d == "cuda" || d.starts_with("cuda:") => Err(Error::Invalid {
-            op: "eval",
-            msg: format!(
-                "--device {d}: the CUDA backend does not implement the model's primitives yet (issue #5); use \
-                 --device cpu or auto"
-            ),
-        }),
-        d => Err(Error::Invalid { op: "eval", msg: format!("--device {d:?} is not one of auto, cpu, cuda") }),
-    }
-}
-
 /// The model config: --model-config, else --model, else `model_config.json` beside the checkpoint; with its label.
 fn resolve_model(args: &EvalArgs) -> Result<(ModelConfig, String)> {
     if args.model_config.is_some() || args.model.is_some() {
@@ -288,7 +273,7 @@ fn read_inputs(args: &EvalArgs, image_size: usize) -> Result<Inputs> {
 /// Runs the evaluation `args` asks for.
 pub fn run(args: &EvalArgs) -> Result<EvalReport> {
     let start = Instant::now();
-    resolve_device(&args.device)?;
+    crate::device::select(&args.device)?;
     if args.batch_size == 0 {
         return Err(Error::Invalid { op: "eval", msg: "--batch-size 0; use 1 or more (default 256)".into() });
     }

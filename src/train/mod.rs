@@ -4,7 +4,6 @@
 
 pub mod config;
 pub mod data;
-pub mod device;
 pub mod log;
 pub mod state;
 
@@ -84,7 +83,7 @@ pub fn run(args: &TrainArgs) -> Result<Outcome> {
     }
     let pool = pool.build().map_err(|e| Error::Invalid { op: "threads", msg: format!("thread pool: {e}") })?;
     pool.install(|| {
-        let device = device::select(&config.device)?;
+        let device = crate::device::select(&config.device)?;
         println!("{}", device.line);
         let model_config = match &resume {
             Some(state) => state.model_config.clone(),
