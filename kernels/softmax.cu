@@ -22,66 +22,8 @@
 // 16-byte aligned, scalars otherwise and for the cols mod 4|8 tail.
 #include "common.cuh"
 
-// ------------------------------------------------------------------------------------------------ row helpers -----
-// (Local to this file; kernels/norm.cu has the same few helpers.)
+#include "rows.cuh"
 
-template <int N>
-struct Width {
-    static constexpr int value = N;
-};
-
-template <int N, typename T>
-CLIPRT_DEVICE void load_n(const T* p, float* v) {
-    if constexpr (N == 1) {
-        v[0] = to_float(*p);
-    } else {
-        const Pack<T, N> pk = *reinterpret_cast<const Pack<T, N>*>(p);
-#pragma unroll
-        for (int k = 0; k < N; ++k) v[k] = to_float(pk.v[k]);
-    }
-}
-
-template <int N, typename T>
-CLIPRT_DEVICE void store_n(T* p, const float* v) {
-    if constexpr (N == 1) {
-        *p = from_float<T>(v[0]);
-    } else {
-        Pack<T, N> pk;
-#pragma unroll
-        for (int k = 0; k < N; ++k) pk.v[k] = from_float<T>(v[k]);
-        *reinterpret_cast<Pack<T, N>*>(p) = pk;
-    }
-}
-
-// f(Width<N>(), j) over a row of `cols` split among `size` threads: W-packs when `packed`, then the scalar tail.
-template <int W, typename F>
-CLIPRT_DEVICE void row_for_each(u64 cols, bool packed, unsigned rank, unsigned size, F f) {
-    u64 done = 0;
-    if (packed) {
-        const u64 packs = cols / W;
-        for (u64 p = rank; p < packs; p += size) f(Width<W>(), p * W);
-        done = packs * W;
-    }
-    for (u64 j = done + rank; j < cols; j += size) f(Width<1>(), j);
-}
-
-// One warp per row (WarpRows) or one block per row (BlockRows); `red` is 32 floats of shared memory.
-struct WarpRows {
-    static CLIPRT_DEVICE unsigned rank() { return threadIdx.x & 31; }
-    static CLIPRT_DEVICE unsigned size() { return 32; }
-    static CLIPRT_DEVICE u64 first_row() { return (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); }
-    static CLIPRT_DEVICE u64 row_stride() { return (u64)gridDim.x * (blockDim.x >> 5); }
-    static CLIPRT_DEVICE float sum(float v, float*) { return warp_sum(v); }
-    static CLIPRT_DEVICE float max(float v, float*) { return warp_max(v); }
-};
-struct BlockRows {
-    static CLIPRT_DEVICE unsigned rank() { return threadIdx.x; }
-    static CLIPRT_DEVICE unsigned size() { return blockDim.x; }
-    static CLIPRT_DEVICE u64 first_row() { return blockIdx.x; }
-    static CLIPRT_DEVICE u64 row_stride() { return gridDim.x; }
-    static CLIPRT_DEVICE float sum(float v, float* red) { return block_sum(v, red); }
-    static CLIPRT_DEVICE float max(float v, float* red) { return block_max(v, red); }
-};
 
 // ------------------------------------------------------------------------------------------------ kernels ---------
 template <typename T, typename G>
