@@ -71,6 +71,9 @@ cp scripts/torch_backend_reference.py "$bundle/scripts/"
 if [ -f scripts/torch_reference.py ]; then
   cp scripts/torch_reference.py "$bundle/scripts/"
 fi
+# The fused kernels' PyTorch baselines (sections of torch_reference.py, one file each).
+mkdir -p "$bundle/scripts/torch_kernels"
+cp scripts/torch_kernels/*.py "$bundle/scripts/torch_kernels/"
 
 # Which source this is (read from .git without running git).
 commit=unknown
@@ -103,10 +106,12 @@ cat > "$bundle/run.sh" <<'RUN'
 #
 # Environment:
 #   OUT           where everything goes (default: bundle/out)
-#   PARTS         which groups run, space-separated (default: all): doctor tests benches torch train reference
+#   PARTS         which groups run, space-separated (default: all): doctor tests benches torch kernels train
+#                 reference   (kernels: `cliprt bench clip-loss|nn-queue|attention` and their PyTorch sections)
 #                 (doctor always runs first: the library check decides LD_LIBRARY_PATH)
 #   TEST_ARGS     extra libtest arguments for the GPU tests (e.g. a name filter)
-#   BENCHES       "all", or space-separated bench names (default: those whose name contains "gpu")
+#   BENCHES       "all", or space-separated bench names (default: the GPU ones: gpu_*, clip_loss, nn_queue,
+#                 attention)
 #   BENCH_ARGS    extra criterion arguments
 #   STEP_TIMEOUT  seconds per step (default 300)
 #   TRAIN_STEPS   steps of the ViT-B/32 run (default 30)
@@ -118,7 +123,7 @@ OUT=${OUT:-$here/out}
 logs="$OUT/logs"
 mkdir -p "$logs"
 timeout_s=${STEP_TIMEOUT:-300}
-parts=" ${PARTS:-doctor tests benches torch train reference} "
+parts=" ${PARTS:-doctor tests benches torch kernels train reference} "
 want() { [[ "$parts" == *" $1 "* ]]; }
 cliprt="$here/bin/cliprt"
 runs=${TMPDIR:-/tmp}/cliprt-bundle-runs
@@ -204,7 +209,7 @@ if want benches; then
     name=$(basename "$bench")
     case "${BENCHES:-}" in
       all) ;;
-      "") [[ "$name" == *gpu* ]] || continue ;;
+      "") [[ "$name" == *gpu* || " clip_loss nn_queue attention " == *" $name "* ]] || continue ;;
       *) [[ " $BENCHES " == *" $name "* ]] || continue ;;
     esac
     # shellcheck disable=SC2086
@@ -254,6 +259,14 @@ PY
   # the baseline of gpu_backend's lines.
   step "torch primitives (copy, LayerNorm, softmax, AdamW, GEMM)" "$logs/torch-backend.txt" \
     python3 "$here/scripts/torch_backend_reference.py"
+fi
+
+if want kernels; then
+  # The fused kernels of issues #6-#8 against their floors and baselines, then PyTorch at the same shapes.
+  for kernel in clip-loss nn-queue attention; do
+    step "cliprt bench $kernel" "$logs/cli-bench-$kernel.txt" "$cliprt" bench "$kernel"
+    step "torch $kernel" "$logs/torch-$kernel.txt" python3 "$here/scripts/torch_reference.py" "$kernel"
+  done
 fi
 
 if want train; then
@@ -363,6 +376,18 @@ print(" | ".join([
     echo
     grep -E 'time:|thrpt:' "$f" | head -n 120
     echo '```'
+  done
+  # The fused kernels (issues #6-#8): criterion groups, `cliprt bench <kernel>` tables and PyTorch's, as printed.
+  for name in clip-loss nn-queue attention; do
+    for f in "$logs/bench-${name//-/_}.txt" "$logs/cli-bench-$name.txt" "$logs/torch-$name.txt"; do
+      [ -f "$f" ] || continue
+      echo
+      echo "## $(basename "$f" .txt)"
+      echo
+      echo '```'
+      grep -v -E '^(Benchmarking|Gnuplot|Warning)' "$f" | head -n 150
+      echo '```'
+    done
   done
   if [ -f "$logs/torch-gemm.txt" ]; then
     echo

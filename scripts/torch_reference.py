@@ -21,6 +21,13 @@ Set up and run from the repository root (see docs/perf/cpu.md):
     .venv-torch/bin/python scripts/torch_reference.py --cpu
     .venv-torch/bin/python scripts/torch_reference.py --cpu --torch-only --json
     .venv-torch/bin/python scripts/torch_reference.py --device cuda --precision amp_bf16 --markdown docs/perf/x.md
+
+The fused kernels' PyTorch baselines (issues #6-#8, GPU only) are sections of this script, each in its own file
+under scripts/torch_kernels/ and reached through a first argument naming the kernel:
+
+    .venv-torch/bin/python scripts/torch_reference.py clip-loss --help   # eager and torch.compile CLIP loss
+    .venv-torch/bin/python scripts/torch_reference.py nn-queue --help    # matmul + max / topk
+    .venv-torch/bin/python scripts/torch_reference.py attention --help   # scaled_dot_product_attention backends
 """
 
 import argparse
@@ -305,5 +312,21 @@ def append_markdown(path, rep):
         f.write("\n".join(lines))
 
 
+# The kernel sections: first argument -> scripts/torch_kernels/<module>.py, whose main(argv) gets the rest.
+KERNEL_SECTIONS = {"clip-loss": "clip_loss", "nn-queue": "nn_queue", "attention": "attention"}
+
+
+def run_kernel_section(name, argv):
+    import importlib.util
+
+    path = os.path.join(ROOT, "scripts", "torch_kernels", KERNEL_SECTIONS[name] + ".py")
+    spec = importlib.util.spec_from_file_location("torch_kernels_" + KERNEL_SECTIONS[name], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in KERNEL_SECTIONS:
+        sys.exit(run_kernel_section(sys.argv[1], sys.argv[2:]))
     main(sys.argv[1:])

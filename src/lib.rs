@@ -9,6 +9,7 @@ pub mod device;
 pub mod doctor;
 pub mod error;
 pub mod eval;
+pub mod kernel_bench;
 pub mod kernels;
 pub mod model;
 pub mod nn;

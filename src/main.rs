@@ -37,6 +37,12 @@ enum Command {
 enum BenchCommand {
     /// Samples/s of one full training step (forward, loss, backward, AdamW).
     TrainStep(cliprt::bench::TrainStepArgs),
+    /// The fused CLIP loss (forward + backward) against the 4-GEMM floor and the materialised baseline (GPU).
+    ClipLoss(cliprt::kernel_bench::clip_loss::Args),
+    /// Nearest-neighbour search over the embedding queue against the GEMM floor and GEMM + arg-max (GPU).
+    NnQueue(cliprt::kernel_bench::nn_queue::Args),
+    /// Fused attention (forward, backward) against the byte floor and the materialised baseline (GPU).
+    Attention(cliprt::kernel_bench::attention::Args),
 }
 
 #[derive(Args, Debug)]
@@ -63,6 +69,17 @@ struct TokenizeArgs {
 fn fail(command: &str, e: cliprt::Error) -> ExitCode {
     eprintln!("cliprt {command}: {e}");
     ExitCode::FAILURE
+}
+
+/// Prints a benchmark's report, or its error.
+fn report(result: cliprt::Result<String>, command: &str) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(command, e),
+    }
 }
 
 fn main() -> ExitCode {
@@ -94,6 +111,15 @@ fn main() -> ExitCode {
             }
             Err(e) => fail("bench train-step", e),
         },
+        Command::Bench(BenchCommand::ClipLoss(args)) => {
+            report(cliprt::kernel_bench::clip_loss::run(&args), "bench clip-loss")
+        }
+        Command::Bench(BenchCommand::NnQueue(args)) => {
+            report(cliprt::kernel_bench::nn_queue::run(&args), "bench nn-queue")
+        }
+        Command::Bench(BenchCommand::Attention(args)) => {
+            report(cliprt::kernel_bench::attention::run(&args), "bench attention")
+        }
         Command::Doctor(args) => {
             let report = cliprt::doctor::report();
             if args.json {

@@ -20,7 +20,7 @@ fn unit_rows(x: &[f64], dim: usize) -> Vec<f64> {
 }
 
 fn clip_loss(b: &Cpu, image: &[f64], text: &[f64], t: f64, eps: f64) -> f64 {
-    let spec = ClipLoss { n: image.len() / D, dim: D, label_smoothing: eps };
+    let spec = ClipLoss::symmetric(image.len() / D, D).with_label_smoothing(eps);
     let mut loss = [0.0];
     let mut saved = vec![0.0; b.clip_loss_saved_len(&spec)];
     b.clip_loss_forward(&spec, image, text, &[t], &mut loss, &mut saved).unwrap();
@@ -162,7 +162,7 @@ fn cl2l_gradients_and_weights() {
             .unwrap()
     };
     // L = ⅔·clip_global + ⅓·Σ_local clip (ε = 0.1 on the local pairs).
-    let spec = |dim| ClipLoss { n: N, dim, label_smoothing: 0.1 };
+    let spec = |dim| ClipLoss::symmetric(N, dim).with_label_smoothing(0.1);
     let local = |i: &[f64], t: &[f64]| {
         let mut out = [0.0];
         let mut saved = vec![0.0; b.clip_loss_saved_len(&spec(dl))];

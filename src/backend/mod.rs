@@ -482,11 +482,14 @@ pub trait Backend: Sized + Send + Sync + 'static {
         label_smoothing: f64,
         grad_scale: f64,
     ) -> Result<()>;
-    /// Elements of the state [`Backend::clip_loss_forward`] saves: O(n), never n² (the CPU keeps 4n: row
-    /// log-sum-exps, column log-sum-exps, image norms, text norms).
+    /// Elements of the state [`Backend::clip_loss_forward`] saves: O(rows + cols), never rows·cols (the CPU keeps
+    /// `2·(rows + cols)`: row log-sum-exps, column log-sum-exps, image norms, text norms).
     fn clip_loss_saved_len(&self, spec: &ClipLoss) -> usize;
-    /// SPEC §1.1 on un-normalised `image [n, dim]`, `text [n, dim]` and the log scale `t` (`[1]`): L2 normalisation,
-    /// logits `exp(t)·Î·T̂ᵀ`, symmetric cross-entropy. Writes `loss [1]`.
+    /// The CLIP loss of [`ClipLoss`] (SPEC §1.1, and open_clip's local loss / one-way terms) on un-normalised
+    /// `image [rows, dim]` (queries), `text [cols, dim]` (keys) and the log scale `t` (`[1]`, read on the device):
+    /// L2 normalisation (floor 1e-12), logits `Λ = exp(t)·Î·T̂ᵀ`, `L = w_r·mean_i CE(Λ_i·, row_offset + i) +
+    /// w_c·mean_j CE(Λ_·j, j)` with targets `(1−ε)·onehot + ε/classes`. Writes `loss [1]` and `saved`
+    /// ([`Backend::clip_loss_saved_len`]). Errors: [`crate::Error::Invalid`] from [`ClipLoss::validate`], shapes.
     #[allow(clippy::too_many_arguments)]
     fn clip_loss_forward(
         &self,
@@ -497,7 +500,9 @@ pub trait Backend: Sized + Send + Sync + 'static {
         loss: Mut<'_, Self, Self::Master>,
         saved: Mut<'_, Self, Self::Master>,
     ) -> Result<()>;
-    /// Gradients of `dloss·L` for the un-normalised embeddings (overwritten) and the log scale (accumulated).
+    /// Gradients of `dloss·L`: `dimage [rows, dim]` OVERWRITTEN; `dtext [cols, dim]` OVERWRITTEN when given (None:
+    /// the keys carry no gradient — gathers without gradient, detached targets — and no work is spent on them);
+    /// `dlog_scale` ACCUMULATED. `saved` is the forward's.
     #[allow(clippy::too_many_arguments)]
     fn clip_loss_backward(
         &self,
@@ -508,7 +513,7 @@ pub trait Backend: Sized + Send + Sync + 'static {
         saved: Ref<'_, Self, Self::Master>,
         dloss: f64,
         dimage: Mut<'_, Self, Self::Act>,
-        dtext: Mut<'_, Self, Self::Act>,
+        dtext: Option<Mut<'_, Self, Self::Act>>,
         dlog_scale: Mut<'_, Self, Self::Master>,
     ) -> Result<()>;
 

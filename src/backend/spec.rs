@@ -229,14 +229,86 @@ impl Attention {
     }
 }
 
-/// The CLIP contrastive loss of SPEC §1.1 over `n` image/text pairs of width `dim` (single device: the logits are
-/// one `n×n` matrix and its transpose).
+/// The CLIP contrastive loss of SPEC §1.1, generalised to open_clip's local loss (one rank's rows against every rank's
+/// columns) and to one-directional terms.
+///
+/// `x [rows, dim]` (the queries: images) and `y [cols, dim]` (the keys: texts) are L2-normalised
+/// (`F.normalize`, floor 1e-12) and `Λ = exp(t)·x̂·ŷᵀ` (`[rows, cols]`). With smoothed targets
+/// `(1−ε)·onehot + ε/classes`:
+/// `L = row_weight·mean_i CE(Λ_i·, row_offset + i) + col_weight·mean_j CE(Λ_·j, j)`.
+/// The column term exists only on a square spec without offset (`rows == cols`, `row_offset == 0`), where it is
+/// the text → image direction of one device's symmetric loss.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ClipLoss {
-    pub n: usize,
+    /// Rows of `x`: the images (queries); this rank's rows in open_clip's local loss.
+    pub rows: usize,
+    /// Rows of `y`: the texts (keys); every rank's rows in the local loss; `= rows` on one device.
+    pub cols: usize,
+    /// Row `i`'s positive is column `row_offset + i` (this rank's first global row in the local loss).
+    pub row_offset: usize,
     pub dim: usize,
-    /// ε of the smoothed targets `(1−ε)·onehot + ε/n` (0 for plain CLIP).
+    /// ε of the smoothed targets `(1−ε)·onehot + ε/classes` (0 for plain CLIP).
     pub label_smoothing: f64,
+    /// Weight of the row term `mean_i CE(Λ_i·, row_offset + i)` (classes = cols).
+    pub row_weight: f64,
+    /// Weight of the column term `mean_j CE(Λ_·j, j)` (classes = rows); non-zero only on a square spec without offset.
+    pub col_weight: f64,
+}
+
+impl ClipLoss {
+    /// SPEC §1.1 on one device: `n` pairs, `L = ½[CE_rows(Λ) + CE_rows(Λᵀ)]`.
+    pub fn symmetric(n: usize, dim: usize) -> ClipLoss {
+        ClipLoss { rows: n, cols: n, row_offset: 0, dim, label_smoothing: 0.0, row_weight: 0.5, col_weight: 0.5 }
+    }
+    /// One direction only: `mean_i CE(Λ_i·, row_offset + i)` over `rows` queries and `cols` keys (one half of
+    /// open_clip's local loss, DeCLIP's NNS term).
+    pub fn one_way(rows: usize, cols: usize, row_offset: usize, dim: usize) -> ClipLoss {
+        ClipLoss { rows, cols, row_offset, dim, label_smoothing: 0.0, row_weight: 1.0, col_weight: 0.0 }
+    }
+    pub fn with_label_smoothing(mut self, label_smoothing: f64) -> ClipLoss {
+        self.label_smoothing = label_smoothing;
+        self
+    }
+    pub fn with_weights(mut self, row_weight: f64, col_weight: f64) -> ClipLoss {
+        self.row_weight = row_weight;
+        self.col_weight = col_weight;
+        self
+    }
+    /// Whether the spec has a column term (`col_weight != 0`).
+    pub fn has_col_term(&self) -> bool {
+        self.col_weight != 0.0
+    }
+    /// [`crate::Error::Invalid`] (naming the field and the fix) for an empty spec, an offset that runs past the
+    /// columns, a column term on a non-square or offset spec, ε outside `[0, 1)`, or weights that are not finite.
+    pub fn validate(&self, op: &'static str) -> crate::error::Result<()> {
+        let fail = |msg: String| Err(crate::error::Error::Invalid { op, msg });
+        if self.rows == 0 || self.cols == 0 || self.dim == 0 {
+            return fail(format!(
+                "empty batch: rows = {}, cols = {}, dim = {}; every one must be at least 1",
+                self.rows, self.cols, self.dim
+            ));
+        }
+        if self.row_offset.checked_add(self.rows).is_none_or(|end| end > self.cols) {
+            return fail(format!(
+                "row_offset {} + rows {} exceeds cols {}: each row's positive column row_offset + i must exist",
+                self.row_offset, self.rows, self.cols
+            ));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return fail(format!("label_smoothing {} is outside [0, 1)", self.label_smoothing));
+        }
+        if !self.row_weight.is_finite() || !self.col_weight.is_finite() {
+            return fail(format!("row_weight {} and col_weight {} must be finite", self.row_weight, self.col_weight));
+        }
+        if self.has_col_term() && (self.rows != self.cols || self.row_offset != 0) {
+            return fail(format!(
+                "col_weight {} needs a square spec without offset (rows {}, cols {}, row_offset {}); use col_weight 0 \
+                 (ClipLoss::one_way) and a second one-way term with the roles swapped",
+                self.col_weight, self.rows, self.cols, self.row_offset
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// AdamW with decoupled weight decay (PyTorch's `torch.optim.AdamW`): `p ← p − lr·wd·p`, then the Adam step with

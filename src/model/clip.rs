@@ -168,7 +168,7 @@ impl<B: Backend> Clip<B> {
     }
 
     fn loss_spec(&self, batch: usize) -> ClipLoss {
-        ClipLoss { n: batch, dim: self.config.embed_dim, label_smoothing: 0.0 }
+        ClipLoss::symmetric(batch, self.config.embed_dim)
     }
 
     /// Gradients of the last [`Clip::forward_loss`] for every parameter, accumulated into the store.
@@ -180,7 +180,7 @@ impl<B: Backend> Clip<B> {
         let (image, text, saved) = (self.visual.out()?, self.text.out()?, self.loss_saved.get()?);
         let (master, [d_log_scale]) = params.master_and_grads([self.logit_scale])?;
         let log_scale = B::slice(master, self.logit_scale.range());
-        backend.clip_loss_backward(&spec, image, text, log_scale, saved, 1.0, d_image, d_text, d_log_scale)?;
+        backend.clip_loss_backward(&spec, image, text, log_scale, saved, 1.0, d_image, Some(d_text), d_log_scale)?;
         self.visual.backward(backend, params, images, self.d_image.get()?)?;
         self.text.backward(backend, params, self.d_text.get()?)
     }
@@ -254,7 +254,7 @@ impl<B: Backend> Clip<B> {
         let saved = self.loss_saved.get()?;
         let (master, [d_log_scale]) = params.master_and_grads([self.logit_scale])?;
         let log_scale = B::slice(master, self.logit_scale.range());
-        backend.clip_loss_backward(&spec, image, text, log_scale, saved, 1.0, d_image, d_text, d_log_scale)?;
+        backend.clip_loss_backward(&spec, image, text, log_scale, saved, 1.0, d_image, Some(d_text), d_log_scale)?;
 
         // (3) Each micro-batch again, with activations, and its share of the gradient through both towers.
         for j in 0..accum {

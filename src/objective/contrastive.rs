@@ -15,7 +15,7 @@
 //! backward, which passes the gradient while `exp(t) ≤ 100`). The clamp needs the scalar `t` on the host: one
 //! 1-element download per term and step.
 
-use crate::backend::{Backend, ClipLoss, Elem, Gemm, Mut, Ref};
+use crate::backend::{Backend, ClipLoss, Elem, Mut, Ref};
 use crate::error::{Error, Result};
 use crate::nn::Slot;
 
@@ -58,20 +58,21 @@ fn check_len<B: Backend, T: Elem>(op: &'static str, arg: &'static str, x: Ref<'_
     Ok(())
 }
 
-/// One-way InfoNCE, image → text only: `L = mean_i CE(s·f_i·Tᵀ, i)` with targets `(1−ε)·onehot + ε/n`, for
-/// normalised `f [n, d]` and text targets `T [n, d]` (rows of T are the positives of the matching rows of f; NNS
-/// passes the queue's nearest neighbours, detached). Built from gemm + cross-entropy: `Λ = s·f·Tᵀ` is held, n².
+/// One-way InfoNCE, image → text only: `L = mean_i CE(s·f̂_i·T̂ᵀ, i)` with targets `(1−ε)·onehot + ε/n`, for
+/// `f [n, d]` and text targets `T [n, d]` (rows of T are the positives of the matching rows of f; NNS passes the
+/// queue's nearest neighbours, detached). One [`Backend::clip_loss_forward`] with [`ClipLoss::one_way`]: on the GPU
+/// the fused kernel, which never holds the n×n logits (the rows are normalised inside; unit rows stay as they are).
 pub struct OneWayInfoNce<B: Backend> {
     pub label_smoothing: f64,
     pub clamp_scale: bool,
     n: usize,
     dim: usize,
     scale: Option<Scale>,
-    logits: Slot<B, B::Act>,
-    dlogits: Slot<B, B::Act>,
-    targets: Slot<B, i32>,
-    losses: Slot<B, B::Master>,
-    lse: Slot<B, B::Master>,
+    saved: Slot<B, B::Master>,
+    loss: Slot<B, B::Master>,
+    /// The log scale as used (ln 100 while clamped), and where a clamped scale's gradient goes (discarded).
+    used_log_scale: Slot<B, B::Master>,
+    dscale_sink: Slot<B, B::Master>,
 }
 
 impl<B: Backend> OneWayInfoNce<B> {
@@ -82,11 +83,10 @@ impl<B: Backend> OneWayInfoNce<B> {
             n: 0,
             dim: 0,
             scale: None,
-            logits: Slot::default(),
-            dlogits: Slot::default(),
-            targets: Slot::default(),
-            losses: Slot::default(),
-            lse: Slot::default(),
+            saved: Slot::default(),
+            loss: Slot::default(),
+            used_log_scale: Slot::default(),
+            dscale_sink: Slot::default(),
         }
     }
 
@@ -95,7 +95,11 @@ impl<B: Backend> OneWayInfoNce<B> {
         self.scale
     }
 
-    /// The mean loss over the `n` rows of `f [n, dim]` (normalised) against `text [n, dim]`, log scale `t` (`[1]`).
+    fn spec(&self) -> ClipLoss {
+        ClipLoss::one_way(self.n, self.n, 0, self.dim).with_label_smoothing(self.label_smoothing)
+    }
+
+    /// The mean loss over the `n` rows of `f [n, dim]` against `text [n, dim]`, log scale `t` (`[1]`).
     pub fn forward(
         &mut self,
         backend: &B,
@@ -112,21 +116,17 @@ impl<B: Backend> OneWayInfoNce<B> {
             return Err(Error::Invalid { op: OP, msg: "empty batch".into() });
         }
         let scale = Scale::read(backend, log_scale, self.clamp_scale)?;
-        if self.n != n {
-            let diagonal: Vec<i32> = (0..n as i32).collect();
-            backend.write(&diagonal, self.targets.ensure(backend, n)?)?;
-        }
-        let logits = self.logits.ensure(backend, n * n)?;
-        backend.gemm(&Gemm::new(n, n, dim, false, true).alpha(scale.value), f, text, logits)?;
-        let (losses, lse) = (self.losses.ensure(backend, n)?, self.lse.ensure(backend, n)?);
-        let (logits, targets) = (self.logits.get()?, self.targets.get()?);
-        backend.cross_entropy_forward(logits, targets, losses, lse, n, n, -100, self.label_smoothing)?;
+        backend.write(&[B::Master::from_real(scale.log)], self.used_log_scale.ensure(backend, 1)?)?;
         (self.n, self.dim, self.scale) = (n, dim, Some(scale));
-        Ok(backend.sum(self.losses.get()?)? / n as f64)
+        let spec = self.spec();
+        let saved = self.saved.ensure(backend, backend.clip_loss_saved_len(&spec))?;
+        let (loss, t) = (self.loss.ensure(backend, 1)?, self.used_log_scale.get()?);
+        backend.clip_loss_forward(&spec, f, text, t, loss, saved)?;
+        Ok(backend.download(self.loss.get()?)?[0].to_real())
     }
 
-    /// Gradients of `dloss·L`: `df = s·dΛ·T` and (unless `dtext` is `None`: detached targets) `dT = s·dΛᵀ·f`,
-    /// both OVERWRITTEN; `dt += Σ dΛ∘Λ` ACCUMULATED (as `∂Λ/∂t = Λ`), skipped while the clamp is active.
+    /// Gradients of `dloss·L`: `df` and (unless `dtext` is `None`: detached targets) `dT`, both OVERWRITTEN;
+    /// `dt` ACCUMULATED, skipped while the clamp is active.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
@@ -141,21 +141,24 @@ impl<B: Backend> OneWayInfoNce<B> {
         let scale = self
             .scale
             .ok_or_else(|| Error::Invalid { op: "OneWayInfoNce::backward", msg: "backward before forward".into() })?;
-        let (n, dim) = (self.n, self.dim);
-        let dlogits = self.dlogits.ensure(backend, n * n)?;
-        let (logits, targets, lse) = (self.logits.get()?, self.targets.get()?, self.lse.get()?);
-        let grad_scale = dloss / n as f64;
-        backend.cross_entropy_backward(logits, targets, lse, dlogits, n, n, -100, self.label_smoothing, grad_scale)?;
-        let dlogits = self.dlogits.get()?;
-        backend.gemm(&Gemm::new(n, dim, n, false, false).alpha(scale.value), dlogits, text, df)?;
-        if let Some(dtext) = dtext {
-            backend.gemm(&Gemm::new(n, dim, n, true, false).alpha(scale.value), dlogits, f, dtext)?;
-        }
+        let spec = self.spec();
+        let (t, saved) = (self.used_log_scale.get()?, self.saved.get()?);
         if scale.passes_grad {
-            // Σ_ij dΛ_ij·Λ_ij as a [1, n²]·[n², 1] product, accumulated straight into the master gradient.
-            backend.gemm_to_master(&Gemm::new(1, 1, n * n, false, false).accumulate(), dlogits, logits, dlog_scale)?;
+            backend.clip_loss_backward(&spec, f, text, t, saved, dloss, df, dtext, dlog_scale)
+        } else {
+            let sink = self.dscale_sink.ensure(backend, 1)?;
+            backend.clip_loss_backward(
+                &spec,
+                f,
+                text,
+                self.used_log_scale.get()?,
+                self.saved.get()?,
+                dloss,
+                df,
+                dtext,
+                sink,
+            )
         }
-        Ok(())
     }
 }
 
@@ -212,7 +215,7 @@ impl<B: Backend> ClipPairs<B> {
     }
 
     fn spec(&self) -> ClipLoss {
-        ClipLoss { n: self.n, dim: self.dim, label_smoothing: self.label_smoothing }
+        ClipLoss::symmetric(self.n, self.dim).with_label_smoothing(self.label_smoothing)
     }
 
     fn check_views(&self, op: &'static str, images: usize, texts: usize) -> Result<()> {
@@ -294,7 +297,17 @@ impl<B: Backend> ClipPairs<B> {
             let dt =
                 if scale.passes_grad { B::reborrow(&mut dlog_scale) } else { self.dscale_sink.ensure(backend, 1)? };
             let (image, text) = (images[p.image], texts[p.text]);
-            backend.clip_loss_backward(&spec, image, text, t, saved.get()?, dloss * p.weight, dimage, dtext, dt)?;
+            backend.clip_loss_backward(
+                &spec,
+                image,
+                text,
+                t,
+                saved.get()?,
+                dloss * p.weight,
+                dimage,
+                Some(dtext),
+                dt,
+            )?;
             backend.axpy(1.0, self.dimage.get()?, B::reborrow(&mut dimages[p.image]))?;
             backend.axpy(1.0, self.dtext.get()?, B::reborrow(&mut dtexts[p.text]))?;
         }

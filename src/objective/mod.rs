@@ -5,6 +5,7 @@
 //! them.
 
 pub mod contrastive;
+pub mod local_loss;
 pub mod mlm;
 pub mod queue;
 pub mod ssl;

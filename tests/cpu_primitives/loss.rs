@@ -161,7 +161,7 @@ fn clip_loss_forward_matches_materialised_formula() {
         let image: Vec<f64> = normal(&mut rng, n * dim, 2.0);
         let text: Vec<f64> = normal(&mut rng, n * dim, 0.5);
         let t = (1.0f64 / 0.07).ln();
-        let spec = ClipLoss { n, dim, label_smoothing: eps };
+        let spec = ClipLoss::symmetric(n, dim).with_label_smoothing(eps);
         let (got, saved) = clip_forward(&spec, &image, &text, t);
         let want = clip_loss_naive(&image, &text, t, n, dim, eps);
         assert_close(&format!("clip {n}x{dim} eps {eps}"), seed, &[got], &[want], 1e-12, 1e-14);
@@ -186,13 +186,13 @@ fn clip_loss_forward_matches_materialised_formula() {
 fn clip_loss_hand_cases() {
     // n = 1: one class, so the loss is 0 whatever the scale or smoothing.
     for eps in [0.0, 0.1] {
-        let spec = ClipLoss { n: 1, dim: 3, label_smoothing: eps };
+        let spec = ClipLoss::symmetric(1, 3).with_label_smoothing(eps);
         let (l, _) = clip_forward(&spec, &[1.0, 2.0, 3.0], &[-1.0, 0.5, 4.0], 4.0);
         assert!(l.abs() < 1e-15, "n = 1 loss {l}");
     }
     // Orthogonal pairs (scaled unit vectors, image i ∥ text i): Λ = s·I, every row and column has the same CE,
     // ln(e^s + 2) − s with s = 10.
-    let spec = ClipLoss { n: 3, dim: 3, label_smoothing: 0.0 };
+    let spec = ClipLoss::symmetric(3, 3);
     let image = [2.0, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 7.0];
     let text = [3.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.25];
     let s: f64 = 10.0;
@@ -213,7 +213,7 @@ fn clip_loss_hand_cases() {
 fn check_clip_grad(seed: u64, eps: f64) {
     let mut rng = testing::rng(seed);
     for &(n, dim) in &[(1usize, 2usize), (2, 1), (3, 4), (6, 5)] {
-        let spec = ClipLoss { n, dim, label_smoothing: eps };
+        let spec = ClipLoss::symmetric(n, dim).with_label_smoothing(eps);
         let image: Vec<f64> = normal(&mut rng, n * dim, 1.5);
         let text: Vec<f64> = normal(&mut rng, n * dim, 0.7);
         let t = 1.2;
@@ -222,7 +222,8 @@ fn check_clip_grad(seed: u64, eps: f64) {
         let mut dimage = poisoned::<f64>(n * dim);
         let mut dtext = poisoned::<f64>(n * dim);
         let mut dt = [0.25]; // accumulated into
-        loss::clip_loss_backward(&spec, &image, &text, &[t], &saved, dloss, &mut dimage, &mut dtext, &mut dt).unwrap();
+        loss::clip_loss_backward(&spec, &image, &text, &[t], &saved, dloss, &mut dimage, Some(&mut dtext), &mut dt)
+            .unwrap();
         let label = |what: &str| format!("clip {what} {n}x{dim} eps {eps}");
         check_gradient(&label("image"), seed, &image, &dimage, 100, |x| dloss * clip_forward(&spec, x, &text, t).0);
         check_gradient(&label("text"), seed, &text, &dtext, 100, |x| dloss * clip_forward(&spec, &image, x, t).0);
@@ -244,7 +245,7 @@ fn clip_loss_label_smoothing_grad_matches_finite_differences() {
 
 #[test]
 fn clip_loss_bad_shapes_are_errors() {
-    let spec = ClipLoss { n: 2, dim: 3, label_smoothing: 0.0 };
+    let spec = ClipLoss::symmetric(2, 3);
     let x = [1.0f32; 6];
     let (mut out, mut saved) = ([0.0f32], [0.0f32; 8]);
     assert!(loss::clip_loss_forward(&spec, &x, &x, &[1.0], &mut out, &mut saved).is_ok());
@@ -257,11 +258,11 @@ fn clip_loss_bad_shapes_are_errors() {
         Err(Error::Shape { .. })
     ));
     assert!(matches!(loss::clip_loss_forward(&spec, &x, &x, &[], &mut out, &mut saved), Err(Error::Shape { .. })));
-    let empty = ClipLoss { n: 0, dim: 3, label_smoothing: 0.0 };
+    let empty = ClipLoss::symmetric(0, 3);
     assert!(loss::clip_loss_forward(&empty, &[], &[], &[1.0f32], &mut out, &mut []).is_err());
     let (mut di, mut dt, mut ds) = ([0.0f32; 6], [0.0f32; 6], [0.0f32]);
-    assert!(loss::clip_loss_backward(&spec, &x, &x, &[1.0], &saved, 1.0, &mut di, &mut dt[..4], &mut ds).is_err());
-    assert!(loss::clip_loss_backward(&spec, &x, &x, &[1.0], &saved[..4], 1.0, &mut di, &mut dt, &mut ds).is_err());
+    assert!(loss::clip_loss_backward(&spec, &x, &x, &[1.0], &saved, 1.0, &mut di, Some(&mut dt[..4]), &mut ds).is_err());
+    assert!(loss::clip_loss_backward(&spec, &x, &x, &[1.0], &saved[..4], 1.0, &mut di, Some(&mut dt), &mut ds).is_err());
     let bad = ClipLoss { label_smoothing: -0.1, ..spec };
     assert!(loss::clip_loss_forward(&bad, &x, &x, &[1.0], &mut out, &mut saved).is_err());
 }
@@ -270,16 +271,17 @@ fn clip_loss_bad_shapes_are_errors() {
 fn clip_loss_is_bit_identical_across_thread_counts() {
     let seed = testing::seed(606);
     let mut rng = testing::rng(seed);
-    let spec = ClipLoss { n: 37, dim: 24, label_smoothing: 0.1 };
-    let image: Vec<f32> = normal(&mut rng, spec.n * spec.dim, 1.0);
-    let text: Vec<f32> = normal(&mut rng, spec.n * spec.dim, 1.0);
+    let spec = ClipLoss::symmetric(37, 24).with_label_smoothing(0.1);
+    let image: Vec<f32> = normal(&mut rng, spec.rows * spec.dim, 1.0);
+    let text: Vec<f32> = normal(&mut rng, spec.rows * spec.dim, 1.0);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let (mut out, mut saved) = ([f32::NAN], poisoned::<f32>(loss::clip_loss_saved_len(&spec)));
             loss::clip_loss_forward(&spec, &image, &text, &[2.0], &mut out, &mut saved).unwrap();
             let (mut di, mut dt, mut ds) = (poisoned::<f32>(image.len()), poisoned::<f32>(text.len()), [0.0f32]);
-            loss::clip_loss_backward(&spec, &image, &text, &[2.0], &saved, 1.0, &mut di, &mut dt, &mut ds).unwrap();
+            loss::clip_loss_backward(&spec, &image, &text, &[2.0], &saved, 1.0, &mut di, Some(&mut dt), &mut ds)
+                .unwrap();
             [out.to_vec(), saved, di, dt, ds.to_vec()].concat().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
         })
     };

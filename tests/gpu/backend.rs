@@ -1420,7 +1420,7 @@ fn clip_loss_op<B: Backend>(
         B::view(&saved),
         0.7,
         B::view_mut(&mut di),
-        B::view_mut(&mut dt),
+        Some(B::view_mut(&mut dt)),
         B::view_mut(&mut dls),
     )?;
     Ok(vec![
@@ -1438,7 +1438,7 @@ fn clip_loss_case<A: TestAct, G: Backend<Act = A, Master = f32>>(gpu: &G) {
         for (j, &smoothing) in [0.0, 0.1].iter().enumerate() {
             let s = seed(11_900 + 2 * k as u64 + j as u64);
             let mut r = rng(s);
-            let spec = ClipLoss { n, dim, label_smoothing: smoothing };
+            let spec = ClipLoss::symmetric(n, dim).with_label_smoothing(smoothing);
             let image = draw::<A>(&mut r, n * dim, 0.0, 1.0);
             let text = draw::<A>(&mut r, n * dim, 0.0, 1.0);
             let label = format!("clip_loss {spec:?}");

@@ -84,7 +84,7 @@ fn device_run<T: TestAct + GemmMode<f32>>(
     text: &[T],
     log_scale: f32,
 ) -> DeviceRun {
-    let (n, dim) = (spec.n, spec.dim);
+    let (n, dim) = (spec.rows, spec.dim);
     let blas = blas(dev);
     let (id, td) = (dev.upload(image).unwrap(), dev.upload(text).unwrap());
     let ld = dev.upload(&[log_scale]).unwrap();
@@ -147,7 +147,7 @@ fn clip_case<T: TestAct + GemmMode<f32> + Tolerances>(dev: &CudaDevice, base_see
     for (c, &(n, dim)) in shapes.iter().enumerate() {
         for (e, &label_smoothing) in SMOOTHING.iter().enumerate() {
             let s = seed(base_seed + 10 * c as u64 + e as u64);
-            let spec = ClipLoss { n, dim, label_smoothing };
+            let spec = ClipLoss::symmetric(n, dim).with_label_smoothing(label_smoothing);
             let ((image, image_f), (text, text_f)) = embeddings::<T>(s, n, dim);
             let cpu = Cpu::new();
             let (mut loss, mut saved) = ([0f32], vec![0f32; cpu.clip_loss_saved_len(&spec)]);
@@ -162,7 +162,7 @@ fn clip_case<T: TestAct + GemmMode<f32> + Tolerances>(dev: &CudaDevice, base_see
                 &saved,
                 DLOSS,
                 &mut dimage,
-                &mut dtext,
+                Some(&mut dtext),
                 &mut dlog_scale,
             )
             .unwrap();
@@ -218,8 +218,8 @@ fn gpu_clip_loss_naive_wide_rows_f32() {
 fn gpu_clip_loss_naive_is_deterministic() {
     let Some(dev) = super::gpu() else { return };
     let s = seed(8300);
-    let spec = ClipLoss { n: 300, dim: 512, label_smoothing: 0.1 };
-    let ((image, _), (text, _)) = embeddings::<bf16>(s, spec.n, spec.dim);
+    let spec = ClipLoss::symmetric(300, 512).with_label_smoothing(0.1);
+    let ((image, _), (text, _)) = embeddings::<bf16>(s, spec.rows, spec.dim);
     let a = device_run::<bf16>(dev, &spec, &image, &text, LOG_SCALE);
     let b = device_run::<bf16>(dev, &spec, &image, &text, LOG_SCALE);
     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
@@ -236,15 +236,25 @@ fn gpu_clip_loss_naive_zero_row_f32() {
     let Some(dev) = super::gpu() else { return };
     let s = seed(8400);
     let (n, dim) = (7, 64);
-    let spec = ClipLoss { n, dim, label_smoothing: 0.0 };
+    let spec = ClipLoss::symmetric(n, dim);
     let ((mut image, _), (text, _)) = embeddings::<f32>(s, n, dim);
     image[2 * dim..3 * dim].fill(0.0);
     let cpu = Cpu::new();
     let (mut loss, mut saved) = ([0f32], vec![0f32; 4 * n]);
     cpu.clip_loss_forward(&spec, &image, &text, &[LOG_SCALE], &mut loss, &mut saved).unwrap();
     let (mut dimage, mut dtext, mut dlog_scale) = (vec![0f32; n * dim], vec![0f32; n * dim], [DLOG_SCALE_START]);
-    cpu.clip_loss_backward(&spec, &image, &text, &[LOG_SCALE], &saved, DLOSS, &mut dimage, &mut dtext, &mut dlog_scale)
-        .unwrap();
+    cpu.clip_loss_backward(
+        &spec,
+        &image,
+        &text,
+        &[LOG_SCALE],
+        &saved,
+        DLOSS,
+        &mut dimage,
+        Some(&mut dtext),
+        &mut dlog_scale,
+    )
+    .unwrap();
     let got = device_run::<f32>(dev, &spec, &image, &text, LOG_SCALE);
     assert_close("clip_loss_naive zero row: loss", s, &[got.loss], &loss, 1e-5, 1e-6);
     // The clamped row's gradient is ~1e12 larger than the rest: compare it on its own.
@@ -266,7 +276,7 @@ fn gpu_clip_loss_naive_argument_errors() {
     let t = dev.upload(&[LOG_SCALE]).unwrap();
     let mut loss = dev.zeros::<f32>(1).unwrap();
     let mut saved = dev.zeros::<f32>(4 * n).unwrap();
-    let good = ClipLoss { n, dim, label_smoothing: 0.0 };
+    let good = ClipLoss::symmetric(n, dim);
     let mut scratch = dev.zeros::<f32>(clip_loss_naive_scratch_len::<f32>(&good)).unwrap();
     let mut forward = |spec: &ClipLoss, image_len: usize, scratch_len: usize| {
         dev.clip_loss_naive_forward::<f32>(
@@ -281,7 +291,7 @@ fn gpu_clip_loss_naive_argument_errors() {
         )
     };
     let full = clip_loss_naive_scratch_len::<f32>(&good);
-    let err = forward(&ClipLoss { n: 0, ..good }, 0, full).unwrap_err();
+    let err = forward(&ClipLoss { rows: 0, cols: 0, ..good }, 0, full).unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }) && err.to_string().contains("empty batch"), "{err}");
     let err = forward(&ClipLoss { label_smoothing: 1.5, ..good }, n * dim, full).unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }) && err.to_string().contains("label_smoothing"), "{err}");
@@ -295,9 +305,9 @@ fn gpu_clip_loss_naive_argument_errors() {
 /// The scratch covers the n×n logits and the backward's n×n gradient; bf16 needs less. No GPU needed.
 #[test]
 fn gpu_clip_loss_naive_scratch_len_grows_with_n_squared() {
-    let small = clip_loss_naive_scratch_len::<f32>(&ClipLoss { n: 128, dim: 512, label_smoothing: 0.0 });
-    let large = clip_loss_naive_scratch_len::<f32>(&ClipLoss { n: 256, dim: 512, label_smoothing: 0.0 });
+    let small = clip_loss_naive_scratch_len::<f32>(&ClipLoss::symmetric(128, 512));
+    let large = clip_loss_naive_scratch_len::<f32>(&ClipLoss::symmetric(256, 512));
     assert!(small >= 2 * 128 * 128 + 4 * 128 * 512, "{small}");
     assert!(large >= 2 * 256 * 256 + 4 * 256 * 512, "{large}");
-    assert!(clip_loss_naive_scratch_len::<bf16>(&ClipLoss { n: 256, dim: 512, label_smoothing: 0.0 }) < large);
+    assert!(clip_loss_naive_scratch_len::<bf16>(&ClipLoss::symmetric(256, 512)) < large);
 }

@@ -10,15 +10,18 @@
 //! outputs are filled with NaN before each launch, and sizes include 1, odd sizes and 2^20 + 3 (which exercises the
 //! packed path, its scalar tail and a grid smaller than the work).
 
+mod attention;
 mod attention_naive;
 mod backend;
 mod bias;
+mod clip_loss;
 mod clip_loss_naive;
 mod cross_entropy;
 mod dnn;
 mod embedding;
 mod gemm;
 mod layout;
+mod nn_queue;
 mod nn_search;
 mod norm;
 mod optim;

@@ -927,7 +927,7 @@ impl<A: CudaAct> Backend for Counting<A> {
         saved: CudaRef<'_, f32>,
         dloss: f64,
         dimage: CudaMut<'_, A>,
-        dtext: CudaMut<'_, A>,
+        dtext: Option<CudaMut<'_, A>>,
         dlog_scale: CudaMut<'_, f32>,
     ) -> Result<()> {
         self.track("clip_loss_backward", || {

@@ -147,20 +147,17 @@ pub fn cross_entropy_backward<F: Float>(
     Ok(())
 }
 
-/// `saved = [row lse (n), column lse (n), image norms (n), text norms (n)]`: O(n), never the n×n logits.
+/// `saved = [row lse (rows), column lse (cols), x norms (rows), y norms (cols)]`: O(rows + cols), never the logits.
 pub fn clip_loss_saved_len(spec: &ClipLoss) -> usize {
-    4 * spec.n
+    2 * (spec.rows + spec.cols)
 }
 
-/// Shape checks shared by the CLIP loss forward and backward.
+/// Spec and shape checks shared by the CLIP loss forward and backward.
 fn check_clip<F: Float>(op: &'static str, spec: &ClipLoss, image: &[F], text: &[F], log_scale: &[F]) -> Result<()> {
-    if spec.n == 0 || spec.dim == 0 {
-        return Err(Error::Invalid { op, msg: format!("empty batch: n = {}, dim = {}", spec.n, spec.dim) });
-    }
-    check_len(op, "image", image.len(), spec.n * spec.dim)?;
-    check_len(op, "text", text.len(), spec.n * spec.dim)?;
-    check_len(op, "log_scale", log_scale.len(), 1)?;
-    check_smoothing(op, spec.label_smoothing)
+    spec.validate(op)?;
+    check_len(op, "image", image.len(), spec.rows * spec.dim)?;
+    check_len(op, "text", text.len(), spec.cols * spec.dim)?;
+    check_len(op, "log_scale", log_scale.len(), 1)
 }
 
 /// `‖x_i‖` for each row of `x [n, dim]` (unclamped).
@@ -197,26 +194,29 @@ fn normalize_backward_row<F: Float>(dxh: &[F], xh: &[F], norm: F, dx: &mut [F]) 
     }
 }
 
-/// `Λ = s·Î·T̂ᵀ` as a row-major `n×n` matrix (one GEMM).
-fn clip_logits<F: Float>(image_hat: &[F], text_hat: &[F], n: usize, dim: usize, s: F) -> Vec<F> {
-    let mut logits = vec![F::zero(); n * n];
-    gemm_single(n, n, dim, image_hat, false, text_hat, true, &mut logits, s, F::zero());
+/// `Λ = s·X̂·Ŷᵀ` as a row-major `rows×cols` matrix (one GEMM).
+fn clip_logits<F: Float>(x_hat: &[F], y_hat: &[F], rows: usize, cols: usize, dim: usize, s: F) -> Vec<F> {
+    let mut logits = vec![F::zero(); rows * cols];
+    gemm_single(rows, cols, dim, x_hat, false, y_hat, true, &mut logits, s, F::zero());
     logits
 }
 
-/// The `n×n` transpose of `m` (the column statistics are then row statistics, read contiguously).
-fn transposed<F: Float>(m: &[F], n: usize) -> Vec<F> {
-    let mut t = vec![F::zero(); n * n];
-    t.par_chunks_mut(n).enumerate().for_each(|(j, row)| {
+/// The `cols×rows` transpose of the row-major `rows×cols` `m` (the column statistics are then row statistics, read
+/// contiguously).
+fn transposed<F: Float>(m: &[F], rows: usize, cols: usize) -> Vec<F> {
+    let mut t = vec![F::zero(); rows * cols];
+    t.par_chunks_mut(rows).enumerate().for_each(|(j, row)| {
         for (i, t) in row.iter_mut().enumerate() {
-            *t = m[i * n + j];
+            *t = m[i * cols + j];
         }
     });
     t
 }
 
-/// SPEC §1.1: `L = ½[CE_rows(Λ) + CE_rows(Λᵀ)]`, `Λ = exp(t)·Î·T̂ᵀ`, diagonal targets smoothed to `(1−ε)·onehot + ε/n`.
-/// Writes `loss [1]` and `saved [4n]` (see [`clip_loss_saved_len`]).
+/// The loss of [`ClipLoss`] (SPEC §1.1 generalised): `Λ = exp(t)·X̂·Ŷᵀ`,
+/// `L = w_r·mean_i CE(Λ_i·, row_offset + i) + w_c·mean_j CE(Λ_·j, j)` with targets smoothed to
+/// `(1−ε)·onehot + ε/classes`. Writes `loss [1]` and `saved` (see [`clip_loss_saved_len`]); the column log-sum-exps
+/// are saved whether or not the column term is weighted.
 pub fn clip_loss_forward<F: Float>(
     spec: &ClipLoss,
     image: &[F],
@@ -229,39 +229,54 @@ pub fn clip_loss_forward<F: Float>(
     check_clip(OP, spec, image, text, log_scale)?;
     check_len(OP, "loss", loss.len(), 1)?;
     check_len(OP, "saved", saved.len(), clip_loss_saved_len(spec))?;
-    let (n, dim) = (spec.n, spec.dim);
+    let (rows, cols, off, dim) = (spec.rows, spec.cols, spec.row_offset, spec.dim);
     let s = log_scale[0].exp();
     let image_norms = row_norms(image, dim);
     let text_norms = row_norms(text, dim);
-    let logits =
-        clip_logits(&normalize_rows(image, &image_norms, dim), &normalize_rows(text, &text_norms, dim), n, dim, s);
+    let logits = clip_logits(
+        &normalize_rows(image, &image_norms, dim),
+        &normalize_rows(text, &text_norms, dim),
+        rows,
+        cols,
+        dim,
+        s,
+    );
 
-    // (lse, mean) of each row (image → text) and each column (text → image).
-    let inv_n = F::of_f64(1.0 / n as f64);
+    // (lse, mean) of each row (over cols) and each column (over rows).
+    let inv_cols = F::of_f64(1.0 / cols as f64);
+    let inv_rows = F::of_f64(1.0 / rows as f64);
     let row_stats: Vec<(F, F)> =
-        logits.par_chunks(n).map(|row| (log_sum_exp(row), row.iter().copied().sum::<F>() * inv_n)).collect();
-    let col_stats: Vec<(F, F)> = transposed(&logits, n)
-        .par_chunks(n)
-        .map(|column| (log_sum_exp(column), column.iter().copied().sum::<F>() * inv_n))
+        logits.par_chunks(cols).map(|row| (log_sum_exp(row), row.iter().copied().sum::<F>() * inv_cols)).collect();
+    let col_stats: Vec<(F, F)> = transposed(&logits, rows, cols)
+        .par_chunks(rows)
+        .map(|column| (log_sum_exp(column), column.iter().copied().sum::<F>() * inv_rows))
         .collect();
 
-    // Smoothed CE of row i: (1−ε)(lse − Λ_ii) + ε(lse − mean); likewise of column i. Summed in order.
+    // Smoothed CE: (1−ε)(lse − positive) + ε(lse − mean). Summed in order.
     let eps = F::of_f64(spec.label_smoothing);
-    let ce = |(lse, mean): (F, F), diag: F| (F::one() - eps) * (lse - diag) + eps * (lse - mean);
+    let ce = |(lse, mean): (F, F), positive: F| (F::one() - eps) * (lse - positive) + eps * (lse - mean);
     let mut rows_total = F::zero();
-    let mut cols_total = F::zero();
-    for i in 0..n {
-        rows_total += ce(row_stats[i], logits[i * n + i]);
-        cols_total += ce(col_stats[i], logits[i * n + i]);
+    for (i, &stats) in row_stats.iter().enumerate() {
+        rows_total += ce(stats, logits[i * cols + off + i]);
     }
-    loss[0] = F::of_f64(0.5) * (rows_total + cols_total) * inv_n;
+    let mut total = F::of_f64(spec.row_weight) * rows_total * inv_rows;
+    if spec.has_col_term() {
+        let mut cols_total = F::zero();
+        for (j, &stats) in col_stats.iter().enumerate() {
+            cols_total += ce(stats, logits[j * cols + j]);
+        }
+        total += F::of_f64(spec.col_weight) * cols_total * inv_cols;
+    }
+    loss[0] = total;
 
-    let (row_lse, rest) = saved.split_at_mut(n);
-    let (col_lse, rest) = rest.split_at_mut(n);
-    let (saved_image_norms, saved_text_norms) = rest.split_at_mut(n);
-    for i in 0..n {
-        row_lse[i] = row_stats[i].0;
-        col_lse[i] = col_stats[i].0;
+    let (row_lse, rest) = saved.split_at_mut(rows);
+    let (col_lse, rest) = rest.split_at_mut(cols);
+    let (saved_image_norms, saved_text_norms) = rest.split_at_mut(rows);
+    for (l, st) in row_lse.iter_mut().zip(&row_stats) {
+        *l = st.0;
+    }
+    for (l, st) in col_lse.iter_mut().zip(&col_stats) {
+        *l = st.0;
     }
     saved_image_norms.copy_from_slice(&image_norms);
     saved_text_norms.copy_from_slice(&text_norms);
@@ -269,22 +284,40 @@ pub fn clip_loss_forward<F: Float>(
 }
 
 multiversion! {
-    /// Row i of `G = scale·(P + Q − 2·Y)`: `g_j = scale·(e^{Λ_ij − row_lse_i} + e^{Λ_ij − col_lse_j} − 2·y_ij)` with
-    /// `y_ij = on` on the diagonal, `off` elsewhere (`consts = [on, off, 2, scale]`).
-    fn clip_grad_row<F: Float>(l: &[F], row_lse: F, col_lse: &[F], i: usize, consts: [F; 4], g: &mut [F]) {
-        let [on, off, two, scale] = consts;
-        for (j, ((g, &l), &col_lse)) in g.iter_mut().zip(l).zip(col_lse).enumerate() {
-            let target = if i == j { on } else { off };
-            *g = scale * (simd::exp(l - row_lse) + simd::exp(l - col_lse) - two * target);
+    /// Row i of `G = dloss·dΛ`: `g_j = a·(e^{Λ_ij − row_lse_i} − y_r(j)) + b·(e^{Λ_ij − col_lse_j} − y_c(j))` with
+    /// `y_r = on` at column `pos_r`, `off_r` elsewhere, and `y_c = on` at column `pos_c` (none when `b = 0`),
+    /// `off_c` elsewhere (`consts = [a, on, off_r, b, off_c]`).
+    fn clip_grad_row<F: Float>(
+        l: &[F],
+        row_lse: F,
+        col_lse: &[F],
+        pos_r: usize,
+        pos_c: usize,
+        consts: [F; 5],
+        g: &mut [F],
+    ) {
+        let [a, on, off_r, b, off_c] = consts;
+        if b == F::zero() {
+            for (j, (g, &l)) in g.iter_mut().zip(l).enumerate() {
+                let yr = if j == pos_r { on } else { off_r };
+                *g = a * (simd::exp(l - row_lse) - yr);
+            }
+        } else {
+            for (j, ((g, &l), &col_lse)) in g.iter_mut().zip(l).zip(col_lse).enumerate() {
+                let yr = if j == pos_r { on } else { off_r };
+                let yc = if j == pos_c { on } else { off_c };
+                *g = a * (simd::exp(l - row_lse) - yr) + b * (simd::exp(l - col_lse) - yc);
+            }
         }
     }
 }
 
-/// Gradients of `dloss·L`: `dimage`, `dtext` overwritten, `dlog_scale` accumulated.
+/// Gradients of `dloss·L`: `dimage` OVERWRITTEN, `dtext` OVERWRITTEN when given (None: the keys carry no gradient
+/// and its GEMM is skipped), `dlog_scale` ACCUMULATED.
 ///
-/// `dΛ = (P + Q − Y_r − Y_c)/(2n)` with P the row softmax and Q the column softmax (rebuilt from the saved
-/// log-sum-exps) and `Y_r = Y_c = (1−ε)·I + ε/n`; then `dÎ = s·dΛ·T̂`, `dT̂ = s·dΛᵀ·Î`, back through each L2
-/// normalisation, and `dt = Σ_ij dΛ_ij·Λ_ij` (as `∂Λ/∂t = Λ`).
+/// `dΛ = w_r/rows·(P − Y_r) + w_c/cols·(Q − Y_c)` with P the row softmax and Q the column softmax (rebuilt from the
+/// saved log-sum-exps) and `Y_r`, `Y_c` the smoothed targets; then `dX̂ = s·dΛ·Ŷ`, `dŶ = s·dΛᵀ·X̂`, back through
+/// each L2 normalisation, and `dt = Σ_ij dΛ_ij·Λ_ij` (as `∂Λ/∂t = Λ`).
 #[allow(clippy::too_many_arguments)]
 pub fn clip_loss_backward<F: Float>(
     spec: &ClipLoss,
@@ -294,55 +327,62 @@ pub fn clip_loss_backward<F: Float>(
     saved: &[F],
     dloss: f64,
     dimage: &mut [F],
-    dtext: &mut [F],
+    dtext: Option<&mut [F]>,
     dlog_scale: &mut [F],
 ) -> Result<()> {
     const OP: &str = "clip_loss_backward";
     check_clip(OP, spec, image, text, log_scale)?;
     check_len(OP, "saved", saved.len(), clip_loss_saved_len(spec))?;
-    check_len(OP, "dimage", dimage.len(), spec.n * spec.dim)?;
-    check_len(OP, "dtext", dtext.len(), spec.n * spec.dim)?;
+    check_len(OP, "dimage", dimage.len(), spec.rows * spec.dim)?;
+    if let Some(dtext) = &dtext {
+        check_len(OP, "dtext", dtext.len(), spec.cols * spec.dim)?;
+    }
     check_len(OP, "dlog_scale", dlog_scale.len(), 1)?;
-    let (n, dim) = (spec.n, spec.dim);
-    let (row_lse, rest) = saved.split_at(n);
-    let (col_lse, rest) = rest.split_at(n);
-    let (image_norms, text_norms) = rest.split_at(n);
+    let (rows, cols, off, dim) = (spec.rows, spec.cols, spec.row_offset, spec.dim);
+    let (row_lse, rest) = saved.split_at(rows);
+    let (col_lse, rest) = rest.split_at(cols);
+    let (image_norms, text_norms) = rest.split_at(rows);
     let s = log_scale[0].exp();
     let image_hat = normalize_rows(image, image_norms, dim);
     let text_hat = normalize_rows(text, text_norms, dim);
-    let logits = clip_logits(&image_hat, &text_hat, n, dim, s);
+    let logits = clip_logits(&image_hat, &text_hat, rows, cols, dim, s);
 
     // G = dloss·dΛ, row by row.
-    let scale = F::of_f64(dloss / (2.0 * n as f64));
-    let off = F::of_f64(spec.label_smoothing / n as f64);
-    let on = F::of_f64(1.0 - spec.label_smoothing) + off;
-    let two = F::of_f64(2.0);
-    let mut grad = vec![F::zero(); n * n];
-    grad.par_chunks_mut(n).zip(logits.par_chunks(n)).enumerate().for_each(|(i, (g, l))| {
-        clip_grad_row(l, row_lse[i], col_lse, i, [on, off, two, scale], g);
+    let eps = spec.label_smoothing;
+    let a = F::of_f64(dloss * spec.row_weight / rows as f64);
+    let b = F::of_f64(dloss * spec.col_weight / cols as f64);
+    let off_r = F::of_f64(eps / cols as f64);
+    let off_c = F::of_f64(eps / rows as f64);
+    // On a spec with a column term rows == cols, so both targets share `on`.
+    let on = F::of_f64(1.0 - eps) + off_r;
+    let mut grad = vec![F::zero(); rows * cols];
+    grad.par_chunks_mut(cols).zip(logits.par_chunks(cols)).enumerate().for_each(|(i, (g, l))| {
+        clip_grad_row(l, row_lse[i], col_lse, off + i, i, [a, on, off_r, b, off_c], g);
     });
 
     // dt: per-row partial sums, then added in row order (the same bits whatever the thread count).
     let partials: Vec<F> = grad
-        .par_chunks(n)
-        .zip(logits.par_chunks(n))
+        .par_chunks(cols)
+        .zip(logits.par_chunks(cols))
         .map(|(g, l)| g.iter().zip(l).map(|(&g, &l)| g * l).sum())
         .collect();
     dlog_scale[0] += partials.iter().copied().sum::<F>();
 
-    // dÎ = s·G·T̂ and dT̂ = s·Gᵀ·Î (two GEMMs), then back through each row's normalisation.
-    let mut d_image_hat = vec![F::zero(); n * dim];
-    gemm_single(n, dim, n, &grad, false, &text_hat, false, &mut d_image_hat, s, F::zero());
-    let mut d_text_hat = vec![F::zero(); n * dim];
-    gemm_single(n, dim, n, &grad, true, &image_hat, false, &mut d_text_hat, s, F::zero());
-    for (dx, dxh, xh, norms) in
-        [(dimage, &d_image_hat, &image_hat, image_norms), (dtext, &d_text_hat, &text_hat, text_norms)]
-    {
+    // dX̂ = s·G·Ŷ and dŶ = s·Gᵀ·X̂ (two GEMMs), then back through each row's normalisation.
+    let mut d_image_hat = vec![F::zero(); rows * dim];
+    gemm_single(rows, dim, cols, &grad, false, &text_hat, false, &mut d_image_hat, s, F::zero());
+    let backward = |dx: &mut [F], dxh: &[F], xh: &[F], norms: &[F]| {
         dx.par_chunks_mut(dim)
             .zip(dxh.par_chunks(dim))
             .zip(xh.par_chunks(dim))
             .zip(norms.par_iter())
             .for_each(|(((dx, dxh), xh), &norm)| normalize_backward_row(dxh, xh, norm, dx));
+    };
+    backward(dimage, &d_image_hat, &image_hat, image_norms);
+    if let Some(dtext) = dtext {
+        let mut d_text_hat = vec![F::zero(); cols * dim];
+        gemm_single(cols, dim, rows, &grad, true, &image_hat, false, &mut d_text_hat, s, F::zero());
+        backward(dtext, &d_text_hat, &text_hat, text_norms);
     }
     Ok(())
 }

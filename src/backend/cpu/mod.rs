@@ -396,7 +396,7 @@ impl<F: Float> Backend for CpuBackend<F> {
         saved: &[F],
         dloss: f64,
         dimage: &mut [F],
-        dtext: &mut [F],
+        dtext: Option<&mut [F]>,
         dlog_scale: &mut [F],
     ) -> Result<()> {
         loss::clip_loss_backward(spec, image, text, log_scale, saved, dloss, dimage, dtext, dlog_scale)

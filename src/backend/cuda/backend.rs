@@ -18,12 +18,11 @@ use half::{bf16, f16};
 use super::attention_naive::attention_naive_saved_len;
 use super::bias::sum_rows_scratch_len;
 use super::blas::{Blas, GemmMode, LtType};
-use super::clip_loss_naive::{clip_loss_naive_saved_len, clip_loss_naive_scratch_len};
+use super::clip_loss::{clip_loss_saved_len, clip_loss_scratch_len, ClipLossPlan};
 use super::dnn::Dnn;
 use super::embedding::{group_by_id, GroupedRuns};
 use super::launch::{cuda_error, KernelFloat};
 use super::memory::{DeviceBuf, MemoryCounters, MemoryStats, ScratchPool};
-use super::nn_search::nn_search_naive_scratch_len;
 use super::norm::layernorm_backward_scratch_len;
 use super::optim::{reduce_scratch_len, DecayRuns};
 use super::view::{CudaMut, CudaRef};
@@ -592,8 +591,16 @@ impl<A: CudaAct> Backend for CudaBackend<A> {
     ) -> Result<()> {
         self.dev.softmax_backward(&y, &dy, &mut dx, rows, cols)
     }
+    /// bf16 activations with head dim 32, 64 or 128 run the fused flash kernel (kernels/attention.cu), which saves
+    /// only the row log-sum-exps `[batch, heads, seq_q]`; other head dims, and f32 (the parity mode), run the naive
+    /// kernel (kernels/attention_naive.cu), which saves the probabilities `[batch, heads, seq_q, seq_k]`. The layer
+    /// sizes `saved` from this and never reads it.
     fn attention_saved_len(&self, spec: &Attention) -> usize {
-        attention_naive_saved_len(spec)
+        if A::DTYPE == DType::BF16 && super::attention::attention_supported(spec) {
+            super::attention::attention_saved_len(spec)
+        } else {
+            attention_naive_saved_len(spec)
+        }
     }
     fn attention_forward(
         &self,
@@ -603,6 +610,10 @@ impl<A: CudaAct> Backend for CudaBackend<A> {
         mut out: CudaMut<'_, A>,
         mut saved: CudaMut<'_, f32>,
     ) -> Result<()> {
+        if A::DTYPE == DType::BF16 && super::attention::attention_supported(spec) {
+            let mut out = same_mut::<A, bf16>(out);
+            return self.dev.attention_forward(spec, &same_ref(qkv), key_padding.as_ref(), &mut out, &mut saved);
+        }
         self.dev.attention_naive_forward(spec, &qkv, key_padding.as_ref(), &mut out, &mut saved)
     }
     fn attention_backward(
@@ -610,11 +621,19 @@ impl<A: CudaAct> Backend for CudaBackend<A> {
         spec: &Attention,
         qkv: CudaRef<'_, A>,
         key_padding: Option<CudaRef<'_, u8>>,
-        _out: CudaRef<'_, A>,
+        out: CudaRef<'_, A>,
         saved: CudaRef<'_, f32>,
         dout: CudaRef<'_, A>,
         mut dqkv: CudaMut<'_, A>,
     ) -> Result<()> {
+        if A::DTYPE == DType::BF16 && super::attention::attention_supported(spec) {
+            let len = super::attention::attention_scratch_len(spec);
+            let (qkv, out, dout) = (same_ref::<A, bf16>(qkv), same_ref::<A, bf16>(out), same_ref::<A, bf16>(dout));
+            let mut dqkv = same_mut::<A, bf16>(dqkv);
+            return self.scratch.with("attention_backward", len, |mut s| {
+                self.dev.attention_backward(spec, &qkv, key_padding.as_ref(), &out, &saved, &dout, &mut dqkv, &mut s)
+            });
+        }
         let len = super::attention_naive::attention_naive_scratch_len(spec);
         self.scratch.with("attention_backward", len, |mut s| {
             self.dev.attention_naive_backward(spec, &qkv, key_padding.as_ref(), &saved, &dout, &mut dqkv, &mut s)
@@ -672,7 +691,7 @@ impl<A: CudaAct> Backend for CudaBackend<A> {
         )
     }
     fn clip_loss_saved_len(&self, spec: &ClipLoss) -> usize {
-        clip_loss_naive_saved_len(spec)
+        clip_loss_saved_len(spec)
     }
     fn clip_loss_forward(
         &self,
@@ -683,8 +702,12 @@ impl<A: CudaAct> Backend for CudaBackend<A> {
         mut loss: CudaMut<'_, f32>,
         mut saved: CudaMut<'_, f32>,
     ) -> Result<()> {
-        self.scratch.with("clip_loss", clip_loss_naive_scratch_len::<A>(spec), |mut s| {
-            self.dev.clip_loss_naive_forward(&self.blas, spec, &image, &text, &log_scale, &mut loss, &mut saved, &mut s)
+        // The fused path for every spec (the materialised clip_loss_naive stays as the bench baseline). One scratch
+        // size for forward and backward, so the pool grows once.
+        spec.validate("clip_loss_forward")?;
+        let plan = ClipLossPlan::new(spec);
+        self.scratch.with("clip_loss", clip_loss_scratch_len::<A>(spec, &plan, true), |mut s| {
+            self.dev.clip_loss_forward(spec, &plan, &image, &text, &log_scale, &mut loss, &mut saved, &mut s)
         })
     }
     fn clip_loss_backward(
@@ -696,20 +719,23 @@ impl<A: CudaAct> Backend for CudaBackend<A> {
         saved: CudaRef<'_, f32>,
         dloss: f64,
         mut dimage: CudaMut<'_, A>,
-        mut dtext: CudaMut<'_, A>,
+        mut dtext: Option<CudaMut<'_, A>>,
         mut dlog_scale: CudaMut<'_, f32>,
     ) -> Result<()> {
-        self.scratch.with("clip_loss", clip_loss_naive_scratch_len::<A>(spec), |mut s| {
-            self.dev.clip_loss_naive_backward(
+        spec.validate("clip_loss_backward")?;
+        let plan = ClipLossPlan::new(spec);
+        self.scratch.with("clip_loss", clip_loss_scratch_len::<A>(spec, &plan, true), |mut s| {
+            self.dev.clip_loss_backward(
                 &self.blas,
                 spec,
+                &plan,
                 &image,
                 &text,
                 &log_scale,
                 &saved,
                 dloss,
                 &mut dimage,
-                &mut dtext,
+                dtext.as_mut(),
                 &mut dlog_scale,
                 &mut s,
             )
@@ -728,8 +754,9 @@ impl<A: CudaAct> Backend for CudaBackend<A> {
         dim: usize,
         k: usize,
     ) -> Result<()> {
-        self.scratch.with("nn_search", nn_search_naive_scratch_len::<A>(batch, num_keys, dim), |mut s| {
-            self.dev.nn_search_naive(&self.blas, &queries, &keys, &mut index, &mut sim, batch, num_keys, dim, k, &mut s)
+        // The fused search (kernels/nn_queue.cu); the two-pass nn_search_naive stays as the benchmark baseline.
+        self.scratch.with("nn_search", self.dev.nn_queue_scratch_len(batch, num_keys, k), |mut s| {
+            self.dev.nn_queue_search(&queries, &keys, &mut index, &mut sim, batch, num_keys, dim, k, &mut s)
         })
     }
 

@@ -53,7 +53,7 @@ const MAX_GRID_Y: usize = 65535;
 
 /// Elements of the saved state: row log-sum-exps, column log-sum-exps, image norms, text norms (4n, as the CPU).
 pub fn clip_loss_naive_saved_len(spec: &ClipLoss) -> usize {
-    4 * spec.n
+    2 * (spec.rows + spec.cols)
 }
 
 /// f32 elements a region of `len` `E`s takes in the scratch, rounded up to 256 bytes so that every region starts
@@ -76,7 +76,7 @@ struct Layout {
 
 impl Layout {
     fn new<T: KernelFloat>(spec: &ClipLoss) -> Layout {
-        let (n, dim) = (spec.n, spec.dim);
+        let (n, dim) = (spec.rows, spec.dim);
         Layout {
             logits: region::<f32>(n * n),
             hat: region::<T>(n * dim),
@@ -113,7 +113,8 @@ fn typed<E>(region: CudaMut<'_, f32>, len: usize) -> CudaMut<'_, E> {
     unsafe { CudaMut::from_raw(region.ptr(), len) }
 }
 
-/// The CPU's checks (`check_clip` in backend/cpu/loss.rs), in its order, plus the limit of the column grid.
+/// The CPU's checks (`check_clip` in backend/cpu/loss.rs), in its order, plus the symmetric square form (the only
+/// one this baseline implements) and the limit of the column grid.
 fn check_clip<T>(
     op: &'static str,
     spec: &ClipLoss,
@@ -121,21 +122,27 @@ fn check_clip<T>(
     text: &CudaRef<'_, T>,
     log_scale: &CudaRef<'_, f32>,
 ) -> Result<()> {
-    if spec.n == 0 || spec.dim == 0 {
-        return Err(Error::Invalid { op, msg: format!("empty batch: n = {}, dim = {}", spec.n, spec.dim) });
+    spec.validate(op)?;
+    let symmetric = ClipLoss::symmetric(spec.rows, spec.dim).with_label_smoothing(spec.label_smoothing);
+    if *spec != symmetric {
+        return Err(Error::Invalid {
+            op,
+            msg: format!(
+                "the materialised loss covers only the symmetric square form (ClipLoss::symmetric, weights ½ and ½), \
+                 not {spec:?}; the fused path (CudaBackend::clip_loss_forward) covers the rest"
+            ),
+        });
     }
-    check_len(op, "image", image.len(), spec.n * spec.dim)?;
-    check_len(op, "text", text.len(), spec.n * spec.dim)?;
+    let n = spec.rows;
+    check_len(op, "image", image.len(), n * spec.dim)?;
+    check_len(op, "text", text.len(), n * spec.dim)?;
     check_len(op, "log_scale", log_scale.len(), 1)?;
-    if !(0.0..=1.0).contains(&spec.label_smoothing) {
-        return Err(Error::Invalid { op, msg: format!("label_smoothing {} is outside [0, 1]", spec.label_smoothing) });
-    }
-    if col_chunks(spec.n) > MAX_GRID_Y {
+    if col_chunks(n) > MAX_GRID_Y {
         return Err(Error::Invalid {
             op,
             msg: format!(
                 "n = {} is too large for the materialised loss (at most {} rows); use a smaller batch",
-                spec.n,
+                n,
                 MAX_GRID_Y * COL_CHUNK_ROWS
             ),
         });
@@ -176,7 +183,7 @@ impl CudaDevice {
         check_len(OP, "saved", saved.len(), clip_loss_naive_saved_len(spec))?;
         check_min_len(OP, "scratch", scratch.len(), clip_loss_naive_scratch_len::<T>(spec))?;
         self.check_blas_stream(OP, blas)?;
-        let (n, dim) = (spec.n, spec.dim);
+        let (n, dim) = (spec.rows, spec.dim);
         let layout = Layout::new::<T>(spec);
 
         let (logits, rest) = scratch.reborrow().split_at(layout.logits);
@@ -297,12 +304,12 @@ impl CudaDevice {
         const OP: &str = "clip_loss_backward";
         check_clip(OP, spec, image, text, log_scale)?;
         check_len(OP, "saved", saved.len(), clip_loss_naive_saved_len(spec))?;
-        check_len(OP, "dimage", dimage.len(), spec.n * spec.dim)?;
-        check_len(OP, "dtext", dtext.len(), spec.n * spec.dim)?;
+        check_len(OP, "dimage", dimage.len(), spec.rows * spec.dim)?;
+        check_len(OP, "dtext", dtext.len(), spec.cols * spec.dim)?;
         check_len(OP, "dlog_scale", dlog_scale.len(), 1)?;
         check_min_len(OP, "scratch", scratch.len(), clip_loss_naive_scratch_len::<T>(spec))?;
         self.check_blas_stream(OP, blas)?;
-        let (n, dim) = (spec.n, spec.dim);
+        let (n, dim) = (spec.rows, spec.dim);
         let layout = Layout::new::<T>(spec);
 
         let (logits, rest) = scratch.reborrow().split_at(layout.logits);
@@ -445,7 +452,7 @@ mod tests {
     use super::*;
 
     fn spec(n: usize, dim: usize) -> ClipLoss {
-        ClipLoss { n, dim, label_smoothing: 0.0 }
+        ClipLoss::symmetric(n, dim)
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! [`Error::CudaUnavailable`](crate::Error::CudaUnavailable), never a panic.
 
 pub mod activation;
+pub mod attention;
 pub mod attention_naive;
 pub mod backend;
 pub mod bias;
 pub mod blas;
+pub mod clip_loss;
 pub mod clip_loss_naive;
 pub mod cross_entropy;
 pub mod device;
@@ -21,6 +23,7 @@ pub mod layout;
 pub mod libs;
 pub mod memory;
 pub mod modules;
+pub mod nn_queue;
 pub mod nn_search;
 pub mod norm;
 pub mod optim;

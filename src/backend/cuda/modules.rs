@@ -6,8 +6,8 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 
 use super::{
-    activation, attention_naive, bias, clip_loss_naive, cross_entropy, dnn, elementwise, embedding, layout, nn_search,
-    norm, optim, pool, softmax,
+    activation, attention, attention_naive, bias, clip_loss, clip_loss_naive, cross_entropy, dnn, elementwise,
+    embedding, layout, nn_queue, nn_search, norm, optim, pool, softmax,
 };
 use crate::error::{Error, Result};
 use crate::kernels;
@@ -16,14 +16,17 @@ use crate::kernels;
 /// so a kernel renamed in a .cu file fails at load time (and in `cliprt doctor`), not at its first launch.
 pub const MODULE_KERNELS: &[(&str, &[&str])] = &[
     ("activation", activation::KERNELS),
+    ("attention", attention::KERNELS),
     ("attention_naive", attention_naive::KERNELS),
     ("bias", bias::KERNELS),
+    ("clip_loss", clip_loss::KERNELS),
     ("clip_loss_naive", clip_loss_naive::KERNELS),
     ("cross_entropy", cross_entropy::KERNELS),
     ("dnn_helpers", dnn::KERNELS),
     ("elementwise", elementwise::KERNELS),
     ("embedding", embedding::KERNELS),
     ("layout", layout::KERNELS),
+    ("nn_queue", nn_queue::KERNELS),
     ("nn_topk", nn_search::KERNELS),
     ("norm", norm::KERNELS),
     ("optim", optim::KERNELS),
