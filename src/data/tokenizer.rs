@@ -154,6 +154,16 @@ impl Tokenizer {
         })
     }
 
+    /// The tokenizer of a text tower with `vocab_size` rows: DeCLIP's for its 49409 (a model trained with
+    /// `--objective declip`), open_clip's otherwise.
+    pub fn for_vocab(vocab_size: usize) -> &'static Tokenizer {
+        if vocab_size == Tokenizer::declip().vocab_size() {
+            Tokenizer::declip()
+        } else {
+            Tokenizer::clip()
+        }
+    }
+
     /// `vocab_tail`: the special tokens appended after the merges, in order (the last two are SOT and EOT);
     /// `in_text`: those the pattern recognises in text (all of `vocab_tail` when empty); `mask`: index in the tail.
     fn build(vocab_tail: &[&str], in_text: &[&str], mask: Option<usize>) -> Tokenizer {

@@ -103,11 +103,12 @@ pub fn encode_texts<B: Backend>(
     check_batch_size(batch_size)?;
     let context = model.config.text_cfg.context_length;
     let dim = model.config.embed_dim;
+    let tokenizer = Tokenizer::for_vocab(model.config.text_cfg.vocab_size);
     let mut out = Vec::with_capacity(texts.len() * dim);
     with_eval_mode(model, |model| {
         for chunk in texts.chunks(batch_size) {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            let tokens = Tokenizer::clip().tokenize_batch(&refs, context);
+            let tokens = tokenizer.tokenize_batch(&refs, context);
             let emb = model.encode_text(backend, store, &tokens, chunk.len())?;
             out.extend(backend.download(emb)?.into_iter().map(|v| v.to_real() as f32));
         }

@@ -79,6 +79,9 @@ pub struct Clip<B: Backend> {
     cached_text: Slot<B, B::Act>,
 }
 
+/// Where the multi-view objectives declare their training-only tensors (heads, a second logit scale).
+pub const OBJECTIVE_PREFIX: &str = "objective.";
+
 /// `ln(1/0.07)`: CLIP's initial log temperature.
 pub const INITIAL_LOGIT_SCALE: f64 = 2.659_260_036_932_778;
 
@@ -284,8 +287,22 @@ impl<B: Backend> Clip<B> {
         checkpoint::state_dict(backend, params, &self.counters())
     }
 
-    /// Loads a state dict strictly (every tensor present with its shape, nothing else).
+    /// Loads a state dict strictly (every tensor present with its shape, nothing else). The training-only heads of
+    /// a multi-view objective (`objective.*`, see `crate::objective::multiview`) are skipped when this store has none,
+    /// so a model trained with `--objective declip` evaluates like any CLIP.
     pub fn load_state_dict(&mut self, backend: &B, params: &mut ParamStore<B>, dict: &StateDict) -> Result<()> {
+        let has_heads = params.layout().entries().iter().any(|e| e.name.starts_with(OBJECTIVE_PREFIX));
+        let without_heads: StateDict;
+        let dict = if has_heads {
+            dict
+        } else {
+            without_heads = dict
+                .iter()
+                .filter(|(k, _)| !k.starts_with(OBJECTIVE_PREFIX))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            &without_heads
+        };
         let names: Vec<String> = self.counters().into_iter().map(|(name, _)| name).collect();
         let values = checkpoint::apply_state_dict(backend, params, dict, &names)?;
         if let VisualTower::ResNet(t) = &mut self.visual {

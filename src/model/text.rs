@@ -25,6 +25,13 @@ pub struct TextTransformer<B: Backend> {
     d_pooled: Slot<B, B::Act>,
     d_ln_in: Slot<B, B::Act>,
     d_embedded: Slot<B, B::Act>,
+    /// All-token mode ([`TextTransformer::forward_all_tokens`], DeCLIP's masked language modelling): the EOT rows
+    /// of ln_final's output, their device indices, and the all-token gradients.
+    all_tokens: bool,
+    eot_index: Slot<B, i32>,
+    pooled: Slot<B, B::Act>,
+    d_tokens: Slot<B, B::Act>,
+    d_ln_in_all: Slot<B, B::Act>,
 }
 
 impl<B: Backend> TextTransformer<B> {
@@ -54,6 +61,11 @@ impl<B: Backend> TextTransformer<B> {
             d_pooled: Slot::default(),
             d_ln_in: Slot::default(),
             d_embedded: Slot::default(),
+            all_tokens: false,
+            eot_index: Slot::default(),
+            pooled: Slot::default(),
+            d_tokens: Slot::default(),
+            d_ln_in_all: Slot::default(),
         })
     }
 
@@ -63,6 +75,52 @@ impl<B: Backend> TextTransformer<B> {
 
     /// `tokens [batch, context]` (host ids, as the tokenizer gives them) → `out [batch, embed]`.
     pub fn forward(&mut self, backend: &B, params: &ParamStore<B>, tokens: &[i32], batch: usize) -> Result<()> {
+        let eot = self.embed(backend, params, tokens, batch)?;
+        // Only the EOT token is read after the Transformer (LayerNorm is per token, so pooling before ln_final is
+        // exact): the last block runs for it alone.
+        self.transformer.forward_pooled(backend, params, self.embedded.get()?, batch, self.context, &eot)?;
+        self.ln_final.forward(backend, params, self.transformer.out()?, batch)?;
+        self.text_projection.forward(backend, params, self.ln_final.out()?, batch)?;
+        (self.batch, self.all_tokens) = (batch, false);
+        Ok(())
+    }
+
+    /// [`TextTransformer::forward`] that also keeps ln_final's output for EVERY token ([`Self::token_features`],
+    /// `[batch·context, width]`), for DeCLIP's masked-language-modelling head: the last block runs on all rows and
+    /// the EOT rows are gathered after ln_final. `out()` is the same embedding the pooled forward gives.
+    pub fn forward_all_tokens(
+        &mut self,
+        backend: &B,
+        params: &ParamStore<B>,
+        tokens: &[i32],
+        batch: usize,
+    ) -> Result<()> {
+        let (context, width) = (self.context, self.width);
+        let eot = self.embed(backend, params, tokens, batch)?;
+        backend.write(&eot, self.eot_index.ensure(backend, batch)?)?;
+        self.transformer.forward(backend, params, self.embedded.get()?, batch, context, None)?;
+        self.ln_final.forward(backend, params, self.transformer.out()?, batch * context)?;
+        let pooled = self.pooled.ensure(backend, batch * width)?;
+        backend.gather_tokens(self.ln_final.out()?, self.eot_index.get()?, pooled, batch, context, width)?;
+        self.text_projection.forward(backend, params, self.pooled.get()?, batch)?;
+        (self.batch, self.all_tokens) = (batch, true);
+        Ok(())
+    }
+
+    /// ln_final's output for every token, `[batch·context, width]` (after [`Self::forward_all_tokens`]).
+    pub fn token_features(&self) -> Result<Ref<'_, B, B::Act>> {
+        if !self.all_tokens {
+            return Err(Error::Invalid {
+                op: "TextTransformer::token_features",
+                msg: "the last forward pooled the EOT token only; use forward_all_tokens".into(),
+            });
+        }
+        self.ln_final.out()
+    }
+
+    /// Token plus positional embedding into `embedded`; returns each row's pooling position (the first position of
+    /// the largest id: torch.argmax's choice on ties).
+    fn embed(&mut self, backend: &B, params: &ParamStore<B>, tokens: &[i32], batch: usize) -> Result<Vec<i32>> {
         let (context, width) = (self.context, self.width);
         if tokens.len() != batch * context {
             return Err(Error::Shape {
@@ -72,7 +130,6 @@ impl<B: Backend> TextTransformer<B> {
                 want: batch * context,
             });
         }
-        // Pool at the first position of the largest id in each row (torch.argmax's choice on ties).
         let eot: Vec<i32> = tokens
             .chunks(context)
             .map(|row| {
@@ -81,18 +138,11 @@ impl<B: Backend> TextTransformer<B> {
             })
             .collect();
         backend.write(tokens, self.ids.ensure(backend, batch * context)?)?;
-
         self.token_embedding.forward(backend, params, self.ids.get()?)?;
         let mut embedded = self.embedded.ensure(backend, batch * context * width)?;
         backend.copy(self.token_embedding.out()?, B::reborrow(&mut embedded))?;
         backend.add_row_vector(embedded, params.weight(self.positional_embedding), batch, context * width)?;
-        // Only the EOT token is read after the Transformer (LayerNorm is per token, so pooling before ln_final is
-        // exact): the last block runs for it alone.
-        self.transformer.forward_pooled(backend, params, self.embedded.get()?, batch, context, &eot)?;
-        self.ln_final.forward(backend, params, self.transformer.out()?, batch)?;
-        self.text_projection.forward(backend, params, self.ln_final.out()?, batch)?;
-        self.batch = batch;
-        Ok(())
+        Ok(eot)
     }
 
     pub fn out(&self) -> Result<Ref<'_, B, B::Act>> {
@@ -101,13 +151,53 @@ impl<B: Backend> TextTransformer<B> {
 
     /// Accumulates every parameter gradient given `d_out [batch, embed]`.
     pub fn backward(&mut self, backend: &B, params: &mut ParamStore<B>, d_out: Ref<'_, B, B::Act>) -> Result<()> {
+        self.backward_with_tokens(backend, params, d_out, None)
+    }
+
+    /// [`TextTransformer::backward`] after either forward; after [`Self::forward_all_tokens`], `d_tokens`
+    /// (`[batch·context, width]`, the gradient of [`Self::token_features`]) is added to the pooled rows' gradient.
+    pub fn backward_with_tokens(
+        &mut self,
+        backend: &B,
+        params: &mut ParamStore<B>,
+        d_out: Ref<'_, B, B::Act>,
+        d_tokens: Option<Ref<'_, B, B::Act>>,
+    ) -> Result<()> {
         let (batch, context, width) = (self.batch, self.context, self.width);
         let d_pooled = self.d_pooled.ensure(backend, batch * width)?;
-        self.text_projection.backward(backend, params, self.ln_final.out()?, d_out, Some(d_pooled))?;
-        let d_ln_in = self.d_ln_in.ensure(backend, batch * width)?;
-        self.ln_final.backward(backend, params, self.transformer.out()?, self.d_pooled.get()?, d_ln_in)?;
-        let d_embedded = self.d_embedded.ensure(backend, batch * context * width)?;
-        self.transformer.backward_pooled(backend, params, self.embedded.get()?, self.d_ln_in.get()?, d_embedded)?;
+        self.d_embedded.ensure(backend, batch * context * width)?;
+        if self.all_tokens {
+            self.text_projection.backward(backend, params, self.pooled.get()?, d_out, Some(d_pooled))?;
+            let rows = batch * context;
+            let d_all = self.d_tokens.ensure(backend, rows * width)?;
+            backend.gather_tokens_backward(
+                self.d_pooled.get()?,
+                self.eot_index.get()?,
+                d_all,
+                batch,
+                context,
+                width,
+            )?;
+            if let Some(d) = d_tokens {
+                backend.axpy(1.0, d, self.d_tokens.get_mut()?)?;
+            }
+            let d_ln_in = self.d_ln_in_all.ensure(backend, rows * width)?;
+            self.ln_final.backward(backend, params, self.transformer.out()?, self.d_tokens.get()?, d_ln_in)?;
+            let (embedded, d_ln_in) = (self.embedded.get()?, self.d_ln_in_all.get()?);
+            self.transformer.backward(backend, params, embedded, d_ln_in, None, self.d_embedded.get_mut()?)?;
+        } else {
+            if d_tokens.is_some() {
+                return Err(Error::Invalid {
+                    op: "TextTransformer::backward_with_tokens",
+                    msg: "token gradients given after a pooled forward; use forward_all_tokens".into(),
+                });
+            }
+            self.text_projection.backward(backend, params, self.ln_final.out()?, d_out, Some(d_pooled))?;
+            let d_ln_in = self.d_ln_in.ensure(backend, batch * width)?;
+            self.ln_final.backward(backend, params, self.transformer.out()?, self.d_pooled.get()?, d_ln_in)?;
+            let (embedded, d_ln_in) = (self.embedded.get()?, self.d_ln_in.get()?);
+            self.transformer.backward_pooled(backend, params, embedded, d_ln_in, self.d_embedded.get_mut()?)?;
+        }
         let d_embedded = self.d_embedded.get()?;
         let [d_pos] = params.grads_mut([self.positional_embedding])?;
         backend.sum_rows(d_embedded, d_pos, batch, context * width, true)?;

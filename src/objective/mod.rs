@@ -5,7 +5,9 @@
 //! them.
 
 pub mod contrastive;
+pub mod kind;
 pub mod local_loss;
 pub mod mlm;
+pub mod multiview;
 pub mod queue;
 pub mod ssl;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::Precision;
 use crate::error::{Error, Result};
+use crate::objective::kind::{ObjectiveKind, ObjectiveOptions};
 use crate::schedule::ScheduleKind;
 
 /// Optimiser steps of the default run: calibrated so that `cargo run --release -- train` on a 2-core CPU trains in
@@ -65,6 +66,10 @@ pub struct TrainConfig {
     /// Stop after this step as if interrupted (the schedule still spans `steps`): for `--resume` tests and
     /// time-sliced jobs.
     pub stop_at: Option<u64>,
+    /// The training objective (SPEC §1–3): clip, declip, cl2l, siamlip, byolip, barlip or swalip.
+    pub objective: ObjectiveKind,
+    /// Its weights and sizes (the papers' defaults).
+    pub objective_options: ObjectiveOptions,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +103,8 @@ impl Default for TrainConfig {
             eval_subset: 500,
             save_every: 0,
             stop_at: None,
+            objective: ObjectiveKind::Clip,
+            objective_options: ObjectiveOptions::default(),
         }
     }
 }
@@ -183,7 +190,20 @@ impl TrainConfig {
         if self.eval_subset == 0 {
             return bad("eval_subset is 0; use at least 1 held-out image".into());
         }
-        Ok(())
+        if self.objective != ObjectiveKind::Clip {
+            if self.accum_freq != 1 {
+                return bad(format!(
+                    "accum_freq {} with --objective {}: gradient accumulation is implemented for clip only; use \
+                     accum_freq 1",
+                    self.accum_freq,
+                    self.objective.name()
+                ));
+            }
+            if self.batch_size < 2 {
+                return bad("the multi-view objectives need batch_size ≥ 2".into());
+            }
+        }
+        self.objective_options.validate()
     }
 }
 
@@ -279,6 +299,43 @@ pub struct TrainArgs {
     /// No progress bar (one line per eval instead).
     #[arg(long)]
     pub no_progress: bool,
+    /// Training objective: clip, declip, cl2l, siamlip, byolip, barlip, swalip [default: clip].
+    #[arg(long, value_enum)]
+    pub objective: Option<ObjectiveKind>,
+    /// DeCLIP weight of the multi-view term [default: 0.4].
+    #[arg(long)]
+    pub mvs_weight: Option<f64>,
+    /// DeCLIP weight of the nearest-neighbour term [default: 0.2].
+    #[arg(long)]
+    pub nns_weight: Option<f64>,
+    /// DeCLIP weight of the image self-supervision term [default: 0.2].
+    #[arg(long)]
+    pub iss_weight: Option<f64>,
+    /// DeCLIP weight of the masked-language-modelling term [default: 0.2].
+    #[arg(long)]
+    pub tss_weight: Option<f64>,
+    /// DeCLIP nearest-neighbour queue rows [default: 65536].
+    #[arg(long)]
+    pub queue_size: Option<usize>,
+    /// CL2L label smoothing of the local pairs [default: 0.1].
+    #[arg(long)]
+    pub local_smoothing: Option<f64>,
+    /// CL2L local heads' output width [default: 256].
+    #[arg(long)]
+    pub local_embed_dim: Option<usize>,
+    /// Weight of the SSL term of siamlip/byolip/barlip/swalip [default: 1; swalip 0.2].
+    #[arg(long)]
+    pub ssl_weight: Option<f64>,
+    /// BYOLIP EMA momentum [default: 0.99].
+    #[arg(long)]
+    pub ema_momentum: Option<f64>,
+    /// Scale of the projector/predictor widths (1 = the papers' 1024–8192) [default: 1].
+    #[arg(long)]
+    pub head_scale: Option<f64>,
+    /// Image augmentations of the multi-view objectives: paper (each recipe) or geometric (its crops and flips
+    /// only) [default: paper].
+    #[arg(long, value_enum)]
+    pub augment: Option<crate::objective::kind::AugmentPolicy>,
 }
 
 impl TrainArgs {
@@ -297,6 +354,16 @@ impl TrainArgs {
         set!(model, data, data_seed, train_size, held_out_size, batch_size, lr, warmup, schedule, weight_decay);
         set!(beta1, beta2, eps, accum_freq, seed, device, precision, eval_every, eval_subset, save_every);
         set_opt!(model_config, grad_clip_norm, threads, out, stop_at);
+        set!(objective);
+        let o = &mut c.objective_options;
+        macro_rules! set_objective {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { o.$field = v.clone(); } )* };
+        }
+        set_objective!(mvs_weight, nns_weight, iss_weight, tss_weight, queue_size, local_smoothing, local_embed_dim);
+        set_objective!(ema_momentum, head_scale, augment);
+        if let Some(w) = self.ssl_weight {
+            o.ssl_weight = Some(w);
+        }
         if self.second_object {
             c.second_object = true;
         }

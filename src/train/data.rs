@@ -75,15 +75,28 @@ impl ShapesStream {
         order
     }
 
-    /// The next batch, advancing the position.
-    pub fn next_batch(&mut self) -> Result<TrainBatch> {
+    /// The training-split indices of the next batch, advancing the position.
+    fn next_indices(&mut self) -> Vec<usize> {
         if self.position.batch_in_epoch >= self.batches_per_epoch() {
             self.position = DataPosition { epoch: self.position.epoch + 1, batch_in_epoch: 0 };
             self.order = self.epoch_order(self.position.epoch);
         }
         let start = self.position.batch_in_epoch as usize * self.batch;
-        let indices = &self.order[start..start + self.batch];
-        let (images, captions, _) = shapes::batch(&self.cfg, Split::Train, indices)?;
+        self.position.batch_in_epoch += 1;
+        self.order[start..start + self.batch].to_vec()
+    }
+
+    /// The next batch as raw samples (RGB bytes and captions), for the multi-view objectives' augmentations;
+    /// the same samples, in the same order, that [`ShapesStream::next_batch`] would have prepared.
+    pub fn next_samples(&mut self) -> Result<Vec<shapes::Sample>> {
+        let indices = self.next_indices();
+        shapes::samples(&self.cfg, Split::Train, &indices)
+    }
+
+    /// The next batch, advancing the position.
+    pub fn next_batch(&mut self) -> Result<TrainBatch> {
+        let indices = self.next_indices();
+        let (images, captions, _) = shapes::batch(&self.cfg, Split::Train, &indices)?;
         let mut tokens = Vec::with_capacity(self.batch * self.context);
         for caption in &captions {
             if !self.token_cache.contains_key(caption) {
@@ -92,7 +105,6 @@ impl ShapesStream {
             }
             tokens.extend_from_slice(&self.token_cache[caption]);
         }
-        self.position.batch_in_epoch += 1;
         Ok(TrainBatch { images, tokens })
     }
 }
@@ -111,6 +123,20 @@ pub struct HostBatch<T> {
 pub enum Feed<T: Elem> {
     Inline(ShapesStream),
     Prefetch(Prefetcher<T>),
+}
+
+impl<T: Elem> Feed<T> {
+    /// The next batch as raw samples (the multi-view objectives draw their views from them); only the inline feed
+    /// has them.
+    pub fn next_samples(&mut self) -> Result<Vec<shapes::Sample>> {
+        match self {
+            Feed::Inline(stream) => stream.next_samples(),
+            Feed::Prefetch(_) => Err(crate::error::Error::Invalid {
+                op: "training data",
+                msg: "raw samples come from the inline feed only (multi-view objectives draw batches inline)".into(),
+            }),
+        }
+    }
 }
 
 impl<T: Elem> Feed<T> {

@@ -7,6 +7,7 @@ pub mod data;
 pub mod log;
 pub mod mfu;
 pub mod state;
+pub mod views;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,11 +17,14 @@ use serde::Serialize;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{AdamW, Backend};
 use crate::data::shapes::ShapesConfig;
+use crate::data::tokenizer::Tokenizer;
 use crate::device::{DeviceChoice, Selected};
 use crate::error::{Error, Result};
-use crate::model::clip::Clip;
+use crate::model::clip::{Clip, OBJECTIVE_PREFIX};
 use crate::model::config::ModelConfig;
-use crate::params::ParamStore;
+use crate::objective::kind::ObjectiveKind;
+use crate::objective::multiview::ObjectiveHeads;
+use crate::params::{ParamBuilder, ParamStore};
 use crate::schedule::LrSchedule;
 use config::{TrainArgs, TrainConfig};
 use data::{DataPosition, Feed, ShapesStream};
@@ -59,6 +63,8 @@ pub struct Summary {
     pub params: usize,
     pub batch_size: usize,
     pub seed: u64,
+    /// The training objective (`--objective`).
+    pub objective: String,
     pub held_out_images: usize,
     pub out: PathBuf,
 }
@@ -106,6 +112,18 @@ pub fn run(args: &TrainArgs) -> Result<Outcome> {
         Some(dir) => {
             check_resume_flags(args)?;
             let (mut state, _) = state::latest(dir)?;
+            if state.config.objective != ObjectiveKind::Clip {
+                return Err(Error::Invalid {
+                    op: "cliprt train --resume",
+                    msg: format!(
+                        "{} was trained with --objective {}: resuming is implemented for clip only (the queue, EMA \
+                         target and heads' BatchNorm state of the multi-view objectives are not checkpointed); start \
+                         a new run",
+                        dir.display(),
+                        state.config.objective.name()
+                    ),
+                });
+            }
             state.config.stop_at = args.stop_at;
             if args.threads.is_some() {
                 state.config.threads = args.threads;
@@ -265,12 +283,53 @@ struct Trainer<'b, B: Backend> {
     train_seconds: f64,
     progress: bool,
     images: Option<B::Buf<B::Act>>,
+    /// What a multi-view objective adds (none for clip), and BYOLIP's EMA target model.
+    heads: Option<ObjectiveHeads<B>>,
+    target: Option<Target<B>>,
+}
+
+/// BYOLIP's target: a second model whose weights follow the online one's by EMA.
+struct Target<B: Backend> {
+    model: Clip<B>,
+    heads: ObjectiveHeads<B>,
+    store: ParamStore<B>,
+}
+
+/// A model, its parameters, and a multi-view objective's heads.
+type Built<B> = (Clip<B>, ParamStore<B>, Option<ObjectiveHeads<B>>);
+
+/// The CLIP model plus, for a multi-view objective, its heads under `objective.` in the same parameter buffer (so
+/// the CLIP tensors are drawn exactly as `Clip::build` draws them).
+fn build_model<B: Backend>(backend: &B, model_config: &ModelConfig, config: &TrainConfig) -> Result<Built<B>> {
+    let mut pb = ParamBuilder::new();
+    let model = Clip::new(&mut pb, model_config)?;
+    let heads = match config.objective {
+        ObjectiveKind::Clip => None,
+        kind => {
+            let scope = OBJECTIVE_PREFIX.trim_end_matches('.');
+            Some(pb.scope(scope, |pb| ObjectiveHeads::new(pb, kind, &config.objective_options, model_config))?)
+        }
+    };
+    let store = pb.build(backend, &mut crate::testing::rng(config.seed))?;
+    Ok((model, store, heads))
 }
 
 impl<'b, B: Backend> Trainer<'b, B> {
     fn new(backend: &'b B, setup: Setup, device: &DeviceChoice, perf: Option<GpuPerf<'b>>) -> Result<Self> {
         let Setup { config, model_config, out, resume, progress } = setup;
-        let (mut model, mut store) = Clip::build(backend, &model_config, config.seed)?;
+        let mut model_config = model_config;
+        if config.objective == ObjectiveKind::Declip {
+            // DeCLIP's vocabulary adds <|mask|> (SPEC §2).
+            model_config.text_cfg.vocab_size = Tokenizer::declip().vocab_size();
+        }
+        let (mut model, mut store, heads) = build_model(backend, &model_config, &config)?;
+        let target = match config.objective {
+            ObjectiveKind::Byolip => {
+                let (model, store, heads) = build_model(backend, &model_config, &config)?;
+                Some(Target { model, heads: heads.expect("byolip has heads"), store })
+            }
+            _ => None,
+        };
         let (step, position, train_seconds) = match &resume {
             Some(s) => {
                 state::restore(&out, backend, &mut model, &mut store, s)?;
@@ -289,8 +348,9 @@ impl<'b, B: Backend> Trainer<'b, B> {
         };
         let context = model_config.text_cfg.context_length;
         let stream = ShapesStream::new(shapes.clone(), config.seed, config.batch_size, context, position)?;
-        // On the GPU the next batch is drawn while the current step runs (see `Feed`).
-        let feed = Feed::new(stream, perf.is_some());
+        // On the GPU the next batch is drawn while the current step runs (see `Feed`); the multi-view objectives
+        // draw their views inline.
+        let feed = Feed::new(stream, perf.is_some() && heads.is_none());
         let schedule = LrSchedule {
             base_lr: config.lr,
             warmup: config.warmup,
@@ -318,6 +378,8 @@ impl<'b, B: Backend> Trainer<'b, B> {
             train_seconds,
             progress,
             images: None,
+            heads,
+            target,
         })
     }
 
@@ -430,6 +492,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
             params: self.store.num_params(),
             batch_size: self.config.batch_size,
             seed: self.config.seed,
+            objective: self.config.objective.name().to_string(),
             held_out_images: self.config.held_out_size,
             out: self.out.clone(),
         };
@@ -461,8 +524,17 @@ impl<'b, B: Backend> Trainer<'b, B> {
     /// One optimiser step; returns its log record.
     fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
-        let backend = self.backend;
         let lr = self.schedule.lr(self.step);
+        let loss = match self.heads.is_some() {
+            false => self.clip_forward_backward()?,
+            true => self.multiview_forward_backward()?,
+        };
+        self.finish_step(t0, lr, loss)
+    }
+
+    /// CLIP: the next batch through both towers and the loss, micro-batched with `--accum-freq`.
+    fn clip_forward_backward(&mut self) -> Result<f64> {
+        let backend = self.backend;
         let batch = self.feed.next_batch()?;
         let host = &batch.images;
         let images = match &mut self.images {
@@ -481,6 +553,37 @@ impl<'b, B: Backend> Trainer<'b, B> {
             self.config.batch_size,
             self.config.accum_freq,
         )?;
+        Ok(loss)
+    }
+
+    /// A multi-view objective: the step's views drawn from the next batch, then the objective's forward and
+    /// backward (see `crate::objective::multiview`).
+    fn multiview_forward_backward(&mut self) -> Result<f64> {
+        let backend = self.backend;
+        let heads = self.heads.as_mut().expect("multi-view objective");
+        let samples = self.feed.next_samples()?;
+        let tokenizer = Tokenizer::for_vocab(self.model_config.text_cfg.vocab_size);
+        let context = self.model_config.text_cfg.context_length;
+        let policy = self.config.objective_options.augment;
+        let views = crate::train::views::make_views(
+            heads.kind,
+            policy,
+            &samples,
+            tokenizer,
+            context,
+            self.config.seed,
+            self.step,
+        )?;
+        self.store.zero_grads(backend)?;
+        let target = self.target.as_mut().map(|t| (&mut t.model, &mut t.heads, &mut t.store));
+        let loss =
+            heads.forward_backward(backend, &mut self.model, &mut self.store, &views, self.config.seed, target)?;
+        Ok(loss.total)
+    }
+
+    /// Gradient clipping, AdamW, the logit-scale clamps (and BYOLIP's EMA), timing and the log record.
+    fn finish_step(&mut self, t0: Instant, lr: f64, loss: f64) -> Result<StepRecord> {
+        let backend = self.backend;
         if !loss.is_finite() {
             return Err(Error::Invalid {
                 op: "cliprt train",
@@ -506,7 +609,26 @@ impl<'b, B: Backend> Trainer<'b, B> {
         let hp =
             AdamW { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay, step: self.step + 1 };
         self.store.adamw_step(backend, &hp)?;
-        let log_scale = self.store.clamp_master(backend, self.model.logit_scale, 0.0, MAX_LOG_SCALE)?[0];
+        let o = &self.config.objective_options;
+        let (lo, hi) = match self.config.objective {
+            // DeCLIP's YFCC15M configs clamp the parameter to [3, 6] (SPEC §2).
+            ObjectiveKind::Declip => (o.declip_log_scale_min, o.declip_log_scale_max),
+            _ => (0.0, MAX_LOG_SCALE),
+        };
+        let log_scale = self.store.clamp_master(backend, self.model.logit_scale, lo, hi)?[0];
+        if let Some(local) = self.heads.as_ref().and_then(|h| h.local_logit_scale()) {
+            self.store.clamp_master(backend, local, 0.0, MAX_LOG_SCALE)?;
+        }
+        if let Some(target) = &mut self.target {
+            // BYOLIP: target ← τ·target + (1−τ)·online, over the whole buffer (on the host: one round trip a step).
+            let tau = o.ema_momentum;
+            let online = self.store.download_master(backend)?;
+            let mut ema = target.store.download_master(backend)?;
+            for (e, &x) in ema.iter_mut().zip(&online) {
+                *e = tau * *e + (1.0 - tau) * x;
+            }
+            target.store.set_master(backend, &ema)?;
+        }
         backend.synchronize()?;
         let seconds = t0.elapsed().as_secs_f64();
         self.train_seconds += seconds;

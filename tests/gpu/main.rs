@@ -24,6 +24,7 @@ mod layout;
 mod nn_queue;
 mod nn_search;
 mod norm;
+mod objectives;
 mod optim;
 mod pool;
 mod softmax;
