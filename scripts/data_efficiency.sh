@@ -3,7 +3,7 @@
 # clip, declip and cl2l trained on 5%, 20% and 100% of the 20000 training pairs, 3 seeds each; writes the runs to
 # runs/data-efficiency/ and the table to docs/results.md.
 #
-#   bash scripts/data_efficiency.sh            # everything (27 runs; ~1 h on 2 CPU cores)
+#   bash scripts/data_efficiency.sh            # everything (27 runs + 10 diagnostics; ~2 h on 2 CPU cores)
 #   OBJECTIVES="clip cl2l" SEEDS="0" bash scripts/data_efficiency.sh   # a subset (the table covers what exists)
 #
 # Every run has the same budget: STEPS optimiser steps of BATCH pairs (so a smaller subset is seen for more epochs),
@@ -39,5 +39,32 @@ for objective in $OBJECTIVES; do
     done
   done
 done
-python3 scripts/data_efficiency_table.py "$OUT" "STEPS=$STEPS BATCH=$BATCH" > docs/results.md
+# Diagnostics (seed 0): which part of the multi-view recipes costs accuracy on this data. Each line: run name
+# (objective[_variant]-augment-percent-seed), then the flags. DIAGNOSTICS=0 skips them.
+DIAG=(
+  "declip-geometric-20-0|--objective declip --augment geometric --train-size 4000"
+  "declip_mvs-geometric-20-0|--objective declip --augment geometric --train-size 4000 --mvs-weight 1 --nns-weight 0 --iss-weight 0 --tss-weight 0"
+  "declip-none-5-0|--objective declip --augment none --train-size 1000"
+  "declip-none-20-0|--objective declip --augment none --train-size 4000"
+  "declip-none-100-0|--objective declip --augment none --train-size 20000"
+  "declip_mvs-none-20-0|--objective declip --augment none --train-size 4000 --mvs-weight 1 --nns-weight 0 --iss-weight 0 --tss-weight 0"
+  "cl2l-geometric-20-0|--objective cl2l --augment geometric --train-size 4000"
+  "cl2l-none-5-0|--objective cl2l --augment none --train-size 1000"
+  "cl2l-none-20-0|--objective cl2l --augment none --train-size 4000"
+  "cl2l-none-100-0|--objective cl2l --augment none --train-size 20000"
+)
+DIAG_OUT=${DIAG_OUT:-runs/diagnostics}
+if [ "${DIAGNOSTICS:-1}" != 0 ]; then
+  mkdir -p "$DIAG_OUT"
+  for entry in "${DIAG[@]}"; do
+    name=${entry%%|*}
+    flags=${entry#*|}
+    [ -f "$DIAG_OUT/$name/summary.json" ] && continue
+    rm -rf "${DIAG_OUT:?}/$name"
+    echo "data_efficiency: diagnostic $name"
+    # shellcheck disable=SC2086
+    "$CLIPRT" train $flags --seed 0 --out "$DIAG_OUT/$name" "${COMMON[@]}" | tail -1
+  done
+fi
+python3 scripts/data_efficiency_table.py "$OUT" "STEPS=$STEPS BATCH=$BATCH" "$DIAG_OUT" > docs/results.md
 echo "data_efficiency: wrote docs/results.md"

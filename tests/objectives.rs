@@ -350,3 +350,21 @@ fn objective_text_all_tokens_forward_matches_pooled() {
         assert!((a - b).abs() < 1e-10, "{a} vs {b}");
     }
 }
+
+/// `--augment none` gives every image view the whole image (the normalised pixels of the plain pipeline), while
+/// `geometric` keeps the crops.
+#[test]
+fn objective_augment_none_views_are_the_whole_image() {
+    let s = samples(4);
+    let none = make_views(ObjectiveKind::Cl2l, AugmentPolicy::None, &s, Tokenizer::clip(), 16, 7, 3).unwrap();
+    let plane = 3 * 16 * 16;
+    let cfg = ShapesConfig { resolution: 16, train_size: 64, held_out_size: 8, second_object: false, seed: 1 };
+    let (plain, _, _) = shapes::batch(&cfg, Split::Train, &(0..4).collect::<Vec<_>>()).unwrap();
+    for v in 0..3 {
+        let view = &none.images[v * 4 * plane..(v + 1) * 4 * plane];
+        let err = view.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-4, "view {v}: max difference {err} from the plain images");
+    }
+    let geo = make_views(ObjectiveKind::Cl2l, AugmentPolicy::Geometric, &s, Tokenizer::clip(), 16, 7, 3).unwrap();
+    assert_ne!(&geo.images[plane * 4..], &none.images[plane * 4..]);
+}

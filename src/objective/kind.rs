@@ -76,6 +76,9 @@ pub enum AugmentPolicy {
     /// The same crops and flips without the colour operations (jitter, grayscale, blur, solarize): for data whose
     /// labels are colours, as the shapes set's.
     Geometric,
+    /// No image augmentation: every image view is the whole image (an ablation: the views then differ only in
+    /// their text).
+    None,
 }
 
 /// The objectives' weights and sizes. TOML: an `[objective_options]` table; flags `--mvs-weight` etc.

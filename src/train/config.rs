@@ -332,8 +332,8 @@ pub struct TrainArgs {
     /// Scale of the projector/predictor widths (1 = the papers' 1024–8192) [default: 1].
     #[arg(long)]
     pub head_scale: Option<f64>,
-    /// Image augmentations of the multi-view objectives: paper (each recipe) or geometric (its crops and flips
-    /// only) [default: paper].
+    /// Image augmentations of the multi-view objectives: paper (each recipe), geometric (its crops and flips
+    /// only) or none (the whole image in every view) [default: paper].
     #[arg(long, value_enum)]
     pub augment: Option<crate::objective::kind::AugmentPolicy>,
 }

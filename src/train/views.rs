@@ -32,12 +32,16 @@ pub struct ViewBatch {
 }
 
 /// The image recipes of each objective's views (CLIP's statistics; without the colour operations for
-/// [`AugmentPolicy::Geometric`]).
+/// [`AugmentPolicy::Geometric`]; the whole image for [`AugmentPolicy::None`]).
 fn image_recipes(kind: ObjectiveKind, size: usize, policy: AugmentPolicy) -> Vec<ViewRecipe> {
     let clip_stats = |mut r: ViewRecipe| {
         (r.mean, r.std) = (CLIP_MEAN, CLIP_STD);
-        if policy == AugmentPolicy::Geometric {
+        if policy != AugmentPolicy::Paper {
             (r.jitter, r.grayscale_p, r.blur_p, r.solarize_p) = (None, 0.0, 0.0, 0.0);
+        }
+        if policy == AugmentPolicy::None {
+            // The whole image at its own size: RandomResizedCrop with scale and ratio 1 on a square image.
+            (r.scale, r.ratio, r.flip_p) = ((1.0, 1.0), (1.0, 1.0), 0.0);
         }
         r
     };
