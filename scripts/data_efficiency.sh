@@ -66,5 +66,5 @@ if [ "${DIAGNOSTICS:-1}" != 0 ]; then
     "$CLIPRT" train $flags --seed 0 --out "$DIAG_OUT/$name" "${COMMON[@]}" | tail -1
   done
 fi
-python3 scripts/data_efficiency_table.py "$OUT" "STEPS=$STEPS BATCH=$BATCH" "$DIAG_OUT" > docs/results.md
+python3 scripts/data_efficiency_table.py "$OUT" "STEPS=$STEPS BATCH=$BATCH, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$DIAG_OUT" > docs/results.md
 echo "data_efficiency: wrote docs/results.md"
