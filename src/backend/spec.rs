@@ -227,6 +227,36 @@ impl Attention {
     pub fn visible(&self, i: usize, j: usize) -> bool {
         !self.causal || j + self.seq_q <= i + self.seq_k
     }
+    /// The layout checks every backend makes: rows must not overlap (the gradients written into them would depend on
+    /// the write order), the QKV-shaped buffer `arg` of `qkv_len` elements must hold every row
+    /// ([`Attention::qkv_len`]), and a padding mask of `key_padding` elements must be `[batch, seq_k]`.
+    pub fn check_layout(
+        &self,
+        op: &'static str,
+        arg: &'static str,
+        qkv_len: usize,
+        key_padding: Option<usize>,
+    ) -> crate::error::Result<()> {
+        let width = self.width();
+        let overlap = |what: &str, stride: usize, rows: &str| crate::error::Error::Invalid {
+            op,
+            msg: format!(
+                "{what} {stride} is smaller than the width {width} (heads·head_dim): {rows} rows would overlap; use a \
+                 row stride of at least the width"
+            ),
+        };
+        if self.batch * self.seq_q > 1 && self.q_row_stride < width {
+            return Err(overlap("q_row_stride", self.q_row_stride, "Q"));
+        }
+        if self.batch * self.seq_k > 1 && self.kv_row_stride < width {
+            return Err(overlap("kv_row_stride", self.kv_row_stride, "K/V"));
+        }
+        crate::error::check_min_len(op, arg, qkv_len, self.qkv_len())?;
+        if let Some(len) = key_padding {
+            crate::error::check_len(op, "key_padding", len, self.batch * self.seq_k)?;
+        }
+        Ok(())
+    }
 }
 
 /// The CLIP contrastive loss of SPEC §1.1, generalised to open_clip's local loss (one rank's rows against every rank's

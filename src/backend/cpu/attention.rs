@@ -11,7 +11,7 @@ use super::matmul::gemm_strided;
 use super::simd::{self, multiversion};
 use super::small_gemm::{small_gemm, Strided, NR};
 use crate::backend::{Attention, Float};
-use crate::error::{check_len, check_min_len, Error, Result};
+use crate::error::{check_len, Result};
 
 /// Elements of `saved`: the probabilities `[batch, heads, seq_q, seq_k]`.
 pub fn saved_len(spec: &Attention) -> usize {
@@ -29,38 +29,6 @@ fn k_at(spec: &Attention, b: usize, j: usize, h: usize) -> usize {
 /// Start of the head-`h` slice of V for key `j` of batch `b`.
 fn v_at(spec: &Attention, b: usize, j: usize, h: usize) -> usize {
     spec.v_offset + (b * spec.seq_k + j) * spec.kv_row_stride + h * spec.head_dim
-}
-
-/// Checks the layout against a QKV-shaped buffer `arg` of `qkv_len` elements, and the key padding mask.
-fn check_layout(
-    op: &'static str,
-    arg: &'static str,
-    spec: &Attention,
-    qkv_len: usize,
-    key_padding: Option<&[u8]>,
-) -> Result<()> {
-    let width = spec.width();
-    let (q_rows, kv_rows) = (spec.batch * spec.seq_q, spec.batch * spec.seq_k);
-    // Overlapping rows would make the gradients written into them depend on the write order.
-    if q_rows > 1 && spec.q_row_stride < width {
-        let msg = format!("q_row_stride {} is smaller than the width {width}", spec.q_row_stride);
-        return Err(Error::Invalid { op, msg });
-    }
-    if kv_rows > 1 && spec.kv_row_stride < width {
-        let msg = format!("kv_row_stride {} is smaller than the width {width}", spec.kv_row_stride);
-        return Err(Error::Invalid { op, msg });
-    }
-    // One past the last element a region of `rows` rows uses.
-    let end =
-        |offset: usize, rows: usize, stride: usize| if rows == 0 { 0 } else { offset + (rows - 1) * stride + width };
-    let needed = end(spec.q_offset, q_rows, spec.q_row_stride)
-        .max(end(spec.k_offset, kv_rows, spec.kv_row_stride))
-        .max(end(spec.v_offset, kv_rows, spec.kv_row_stride));
-    check_min_len(op, arg, qkv_len, needed)?;
-    if let Some(mask) = key_padding {
-        check_len(op, "key_padding", mask.len(), kv_rows)?;
-    }
-    Ok(())
 }
 
 /// Per-task scratch of the attention kernels: a transposed K or V of one head `[head_dim, seq_k_pad]`, and the scores
@@ -186,7 +154,7 @@ pub fn forward<F: Float>(
     saved: &mut [F],
 ) -> Result<()> {
     const OP: &str = "attention_forward";
-    check_layout(OP, "qkv", spec, qkv.len(), key_padding)?;
+    spec.check_layout(OP, "qkv", qkv.len(), key_padding.map(<[u8]>::len))?;
     check_len(OP, "out", out.len(), spec.out_len())?;
     check_len(OP, "saved", saved.len(), saved_len(spec))?;
     let probs = spec.heads * spec.seq_q * spec.seq_k;
@@ -308,11 +276,11 @@ pub fn backward<F: Float>(
     dqkv: &mut [F],
 ) -> Result<()> {
     const OP: &str = "attention_backward";
-    check_layout(OP, "qkv", spec, qkv.len(), key_padding)?;
+    spec.check_layout(OP, "qkv", qkv.len(), key_padding.map(<[u8]>::len))?;
     check_len(OP, "out", out.len(), spec.out_len())?;
     check_len(OP, "saved", saved.len(), saved_len(spec))?;
     check_len(OP, "dout", dout.len(), spec.out_len())?;
-    check_layout(OP, "dqkv", spec, dqkv.len(), None)?;
+    spec.check_layout(OP, "dqkv", dqkv.len(), None)?;
     let (sq, sk, width) = (spec.seq_q, spec.seq_k, spec.width());
     let probs = spec.heads * sq * sk;
     if spec.batch == 0 || width == 0 {

@@ -121,18 +121,7 @@ impl FlashArgs {
     }
 }
 
-/// One past the last element the Q, K and V regions of `spec` use.
-fn qkv_needed(spec: &Attention) -> usize {
-    let width = spec.width();
-    let end =
-        |offset: usize, rows: usize, stride: usize| if rows == 0 { 0 } else { offset + (rows - 1) * stride + width };
-    let (q_rows, kv_rows) = (spec.batch * spec.seq_q, spec.batch * spec.seq_k);
-    let q_end = end(spec.q_offset, q_rows, spec.q_row_stride);
-    q_end.max(end(spec.k_offset, kv_rows, spec.kv_row_stride)).max(end(spec.v_offset, kv_rows, spec.kv_row_stride))
-}
-
-/// The checks of the CPU reference plus the fused kernels' own: a supported head dim, rows that do not overlap, a
-/// QKV-shaped buffer `arg` holding every row, a `[batch, seq_k]` padding mask.
+/// The fused kernels' own check (a supported head dim), then [`Attention::check_layout`], every backend's.
 fn check_layout(
     op: &'static str,
     arg: &'static str,
@@ -148,28 +137,7 @@ fn check_layout(
         );
         return Err(Error::Invalid { op, msg });
     }
-    let width = spec.width();
-    if spec.batch * spec.seq_q > 1 && spec.q_row_stride < width {
-        let msg = format!(
-            "q_row_stride {} is smaller than the width {width} (heads·head_dim): Q rows would overlap; use a row \
-             stride of at least the width",
-            spec.q_row_stride
-        );
-        return Err(Error::Invalid { op, msg });
-    }
-    if spec.batch * spec.seq_k > 1 && spec.kv_row_stride < width {
-        let msg = format!(
-            "kv_row_stride {} is smaller than the width {width} (heads·head_dim): K/V rows would overlap; use a row \
-             stride of at least the width",
-            spec.kv_row_stride
-        );
-        return Err(Error::Invalid { op, msg });
-    }
-    check_min_len(op, arg, qkv_len, qkv_needed(spec))?;
-    if let Some(len) = key_padding {
-        check_len(op, "key_padding", len, spec.batch * spec.seq_k)?;
-    }
-    Ok(())
+    spec.check_layout(op, arg, qkv_len, key_padding)
 }
 
 /// A grid of `blocks` blocks of `threads` threads (one block per (batch, head, tile)), or an error past the
@@ -347,7 +315,6 @@ mod tests {
     fn attention_layout_checks_name_the_problem() {
         let mut spec = Attention::packed_self(2, 5, 2, 64, false);
         let len = spec.qkv_len();
-        assert_eq!(qkv_needed(&spec), len);
         assert!(check_layout("op", "qkv", &spec, len, Some(10)).is_ok());
         assert!(matches!(check_layout("op", "qkv", &spec, len - 1, None), Err(Error::Shape { arg: "qkv", .. })));
         assert!(matches!(check_layout("op", "qkv", &spec, len, Some(9)), Err(Error::Shape { arg: "key_padding", .. })));

@@ -14,7 +14,7 @@ use super::launch::{cuda_error, KernelFloat};
 use super::view::{CudaMut, CudaRef};
 use super::CudaDevice;
 use crate::backend::Attention;
-use crate::error::{check_len, check_min_len, Error, Result};
+use crate::error::{check_len, check_min_len, Result};
 
 /// The kernels of `kernels/attention_naive.cu`.
 pub const KERNELS: &[&str] = &[
@@ -84,44 +84,6 @@ impl AttentionArgs {
     }
 }
 
-/// One past the last element the Q, K and V regions of `spec` use (what a QKV-shaped buffer must hold).
-fn qkv_needed(spec: &Attention) -> usize {
-    let width = spec.width();
-    let end =
-        |offset: usize, rows: usize, stride: usize| if rows == 0 { 0 } else { offset + (rows - 1) * stride + width };
-    let (q_rows, kv_rows) = (spec.batch * spec.seq_q, spec.batch * spec.seq_k);
-    end(spec.q_offset, q_rows, spec.q_row_stride).max(end(spec.k_offset, kv_rows, spec.kv_row_stride)).max(end(
-        spec.v_offset,
-        kv_rows,
-        spec.kv_row_stride,
-    ))
-}
-
-/// The CPU reference's layout checks: rows must not overlap (the gradients written into them would depend on the
-/// write order), the QKV-shaped buffer `arg` must hold every row, and the padding mask is `[batch, seq_k]`.
-fn check_layout(
-    op: &'static str,
-    arg: &'static str,
-    spec: &Attention,
-    qkv_len: usize,
-    key_padding: Option<usize>,
-) -> Result<()> {
-    let width = spec.width();
-    if spec.batch * spec.seq_q > 1 && spec.q_row_stride < width {
-        let msg = format!("q_row_stride {} is smaller than the width {width}", spec.q_row_stride);
-        return Err(Error::Invalid { op, msg });
-    }
-    if spec.batch * spec.seq_k > 1 && spec.kv_row_stride < width {
-        let msg = format!("kv_row_stride {} is smaller than the width {width}", spec.kv_row_stride);
-        return Err(Error::Invalid { op, msg });
-    }
-    check_min_len(op, arg, qkv_len, qkv_needed(spec))?;
-    if let Some(len) = key_padding {
-        check_len(op, "key_padding", len, spec.batch * spec.seq_k)?;
-    }
-    Ok(())
-}
-
 /// Grid over `items` work items (blocks of 16 rows of one (batch, head)), capped at 32 blocks per SM: the kernels
 /// stride over items, so any count works and the summation order does not depend on the grid.
 fn item_config(items: usize, multiprocessors: u32) -> LaunchConfig {
@@ -150,7 +112,7 @@ impl CudaDevice {
         probs: &mut CudaMut<'_, f32>,
     ) -> Result<()> {
         let (kernel, func) = self.kernel(&format!("attention_naive_forward_{}", T::SUFFIX))?;
-        check_layout(kernel, "qkv", spec, qkv.len(), key_padding.map(|m| m.len()))?;
+        spec.check_layout(kernel, "qkv", qkv.len(), key_padding.map(|m| m.len()))?;
         check_len(kernel, "out", out.len(), spec.out_len())?;
         check_len(kernel, "probs", probs.len(), attention_naive_saved_len(spec))?;
         if spec.out_len() == 0 {
@@ -187,10 +149,10 @@ impl CudaDevice {
         let (query_name, query) = self.kernel(&format!("attention_naive_backward_query_{}", T::SUFFIX))?;
         let (key_name, key) = self.kernel(&format!("attention_naive_backward_key_{}", T::SUFFIX))?;
         let op = query_name;
-        check_layout(op, "qkv", spec, qkv.len(), key_padding.map(|m| m.len()))?;
+        spec.check_layout(op, "qkv", qkv.len(), key_padding.map(|m| m.len()))?;
         check_len(op, "probs", probs.len(), attention_naive_saved_len(spec))?;
         check_len(op, "dout", dout.len(), spec.out_len())?;
-        check_layout(op, "dqkv", spec, dqkv.len(), None)?;
+        spec.check_layout(op, "dqkv", dqkv.len(), None)?;
         check_min_len(op, "scratch", scratch.len(), attention_naive_scratch_len(spec))?;
         if spec.batch == 0 || spec.width() == 0 {
             return Ok(());
@@ -244,23 +206,13 @@ impl CudaDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     #[test]
     fn args_match_the_kernel_struct_layout() {
         // ten u64, an f32, an i32: 88 bytes, no padding (the .cu struct has the same members in the same order).
         assert_eq!(std::mem::size_of::<AttentionArgs>(), 88);
         assert_eq!(std::mem::align_of::<AttentionArgs>(), 8);
-    }
-
-    #[test]
-    fn qkv_needed_matches_the_spec() {
-        for spec in [
-            Attention::packed_self(3, 50, 4, 64, false),
-            Attention::separate(2, 1, 50, 8, 32),
-            Attention::packed_self(0, 50, 4, 64, false),
-        ] {
-            assert_eq!(qkv_needed(&spec), spec.qkv_len());
-        }
     }
 
     #[test]
@@ -277,10 +229,10 @@ mod tests {
     fn layout_checks_name_the_problem() {
         let mut spec = Attention::packed_self(2, 5, 2, 4, false);
         let len = spec.qkv_len();
-        assert!(check_layout("op", "qkv", &spec, len, Some(10)).is_ok());
-        assert!(matches!(check_layout("op", "qkv", &spec, len - 1, None), Err(Error::Shape { arg: "qkv", .. })));
-        assert!(matches!(check_layout("op", "qkv", &spec, len, Some(9)), Err(Error::Shape { arg: "key_padding", .. })));
+        assert!(spec.check_layout("op", "qkv", len, Some(10)).is_ok());
+        assert!(matches!(spec.check_layout("op", "qkv", len - 1, None), Err(Error::Shape { arg: "qkv", .. })));
+        assert!(matches!(spec.check_layout("op", "qkv", len, Some(9)), Err(Error::Shape { arg: "key_padding", .. })));
         spec.q_row_stride = 7;
-        assert!(matches!(check_layout("op", "qkv", &spec, 1 << 20, None), Err(Error::Invalid { .. })));
+        assert!(matches!(spec.check_layout("op", "qkv", 1 << 20, None), Err(Error::Invalid { .. })));
     }
 }
